@@ -1,0 +1,1 @@
+"""Vigil's machine-learning library: preprocessing, autoencoders, training, thresholds, artifacts."""
