@@ -58,7 +58,7 @@ _SMOOTH_KERNEL /= np.sqrt(np.sum(_SMOOTH_KERNEL**2))
 _MIN_INCIDENT_LEN = 3
 _MAX_INCIDENT_LEN = 15
 _MEAN_INCIDENT_LEN = (_MIN_INCIDENT_LEN + _MAX_INCIDENT_LEN) / 2
-_STATUS_3XX_Z = 2.054  # P(N(0, 1) > z) ~= 2 %: share of normal steps whose dominant class is 3xx
+_STATUS_3XX_Z = 2.748  # P(N(0, 1) > z) ~= 0.3 %: share of normal steps whose dominant class is 3xx
 _WEEKEND_FACTOR = 0.7
 
 _KIND_INDEX = {kind: i for i, kind in enumerate(INCIDENT_KINDS)}

@@ -1,0 +1,48 @@
+# Vigil: `make run` sets everything up and starts the daemon; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_VERSION := 2.13.0
+# CPU build of torch from PyTorch's index unless a local copy is found; set TORCH_INDEX= to use PyPI's default.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+CONFIG ?= config.toml
+
+.PHONY: install install-test run test lint clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "Vigil needs Python >= 3.11 (found $$($(PYTHON) --version))"; exit 1; }
+	@$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: on Debian run 'apt-get install python3-venv'"; exit 1; }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.torch: $(BIN)/python
+	$(BIN)/python -m pip install --quiet --no-index torch==$(TORCH_VERSION) 2>/dev/null || \
+	  $(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple)
+	@touch $@
+
+$(VENV)/.installed: $(VENV)/.torch pyproject.toml
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.test-installed: $(VENV)/.installed pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.test-installed
+
+run: install
+	$(BIN)/vigil run --config $(CONFIG)
+
+test: install-test
+	$(BIN)/ruff check detector training tests bench
+	$(BIN)/mypy detector training
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install-test
+	$(BIN)/ruff check detector training tests bench
+	$(BIN)/mypy detector training
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

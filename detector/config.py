@@ -1,0 +1,329 @@
+"""Load and validate config.toml: one frozen, strict pydantic model per section."""
+
+from __future__ import annotations
+
+import logging
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from detector.errors import ConfigError
+from training.schema import Feature, Schema
+
+__all__ = [
+    "Config",
+    "DaemonConfig",
+    "DemoSourceConfig",
+    "DetectorConfig",
+    "FileSourceConfig",
+    "HttpConfig",
+    "HttpSourceConfig",
+    "ModelConfig",
+    "ScoringConfig",
+    "SourceConfig",
+    "StoreConfig",
+    "ThresholdConfig",
+    "TrainingConfig",
+    "load_config",
+    "parse_duration",
+]
+
+logger = logging.getLogger(__name__)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number of seconds or a string such as "500ms", "30s", "5m", "2h", "7d", "1w"."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '30s', '5m', '2h', '7d'")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNIT_S[match.group(2) or "s"]
+    raise ValueError(f"{value!r} is not a duration: use seconds or a string like '30s', '5m', '2h', '7d'")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DaemonConfig(Section):
+    state_dir: Path = Field(default=Path("state"))
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    torch_threads: int = Field(default=1, ge=0)
+
+
+class StoreConfig(Section):
+    url: str | None = None
+    retention: PositiveDuration = Field(default=7 * 86400.0)
+    reject_retention: PositiveDuration = Field(default=7 * 86400.0)
+    retention_interval: PositiveDuration = Field(default=3600.0)
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite:", "postgresql")):
+            raise ValueError("only sqlite:/// and postgresql+psycopg:// URLs are supported")
+        return value
+
+
+class HttpConfig(Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=8321, ge=0, le=65535)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    max_batch_records: int = Field(default=10_000, gt=0)
+    token_file: Path = Field(default=Path("api-token"))
+
+
+class DemoSourceConfig(Section):
+    type: Literal["demo"]
+    hosts: int = Field(default=4, ge=1, le=100)
+    step: PositiveDuration = Field(default=60.0)
+    seed: int = 7
+    incident_rate: float = Field(default=0.02, ge=0.0, lt=0.5)
+    history: Duration = Field(default=86400.0, ge=0)
+    speed: float = Field(default=12.0, gt=0)
+    poll_interval: PositiveDuration = Field(default=5.0)
+
+
+class HttpSourceConfig(Section):
+    type: Literal["http"]
+
+
+class FileSourceConfig(Section):
+    type: Literal["file"]
+    path: Path
+    format: Literal["auto", "csv", "parquet", "ndjson"] = "auto"
+    poll_interval: PositiveDuration = Field(default=5.0)
+    settle: Duration = Field(default=2.0, ge=0)
+
+
+SourceConfig = Annotated[
+    DemoSourceConfig | HttpSourceConfig | FileSourceConfig, Field(discriminator="type")
+]
+
+
+class FeatureConfig(Section):
+    kind: Literal["numeric", "categorical", "boolean"]
+    optional: bool = False
+
+
+FeatureKindName = Literal["numeric", "categorical", "boolean"]
+
+
+class ModelConfig(Section):
+    hidden: tuple[int, ...] = Field(default=(32, 16))
+    latent: int = Field(default=4, gt=0)
+    activation: Literal["relu", "tanh", "gelu", "elu", "leaky_relu"] = "relu"
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    loss: Literal["mse", "l1", "bce"] = "mse"
+    epochs: int = Field(default=100, gt=0)
+    batch_size: int = Field(default=256, gt=0)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    patience: int = Field(default=10, gt=0)
+    validation_fraction: float = Field(default=0.2, gt=0, lt=1)
+    seed: int = 0
+    device: str = "auto"
+    max_train_time: PositiveDuration | None = None
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_widths(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(width <= 0 for width in value):
+            raise ValueError("every hidden layer width must be > 0")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError("device must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        return value
+
+
+class ThresholdConfig(Section):
+    method: Literal["quantile"] = "quantile"
+    target_fpr: float = Field(default=0.01, gt=0, lt=0.5)
+
+
+class TrainingConfig(Section):
+    interval: PositiveDuration | None = Field(default=3600.0)
+    cron: str | None = None
+    window: PositiveDuration = Field(default=2 * 86400.0)
+    max_records: int = Field(default=50_000, gt=0)
+    min_records: int = Field(default=500, gt=0)
+
+    @field_validator("cron")
+    @classmethod
+    def _five_fields(cls, value: str | None) -> str | None:
+        if value is not None and len(value.split()) != 5:
+            raise ValueError("cron must have 5 fields: minute hour day month day-of-week")
+        return value
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> TrainingConfig:
+        if self.cron is not None and "interval" in self.model_fields_set:
+            raise ValueError("set either interval or cron, not both")
+        if self.max_records < self.min_records:
+            raise ValueError("max_records must be >= min_records")
+        return self
+
+
+class ScoringConfig(Section):
+    interval: PositiveDuration = Field(default=5.0)
+    batch_size: int = Field(default=5000, gt=0)
+    top_contributions: int = Field(default=5, ge=1)
+
+
+class DetectorConfig(Section):
+    source: SourceConfig
+    ts_field: str = "ts"
+    key_field: str = "key"
+    features: dict[str, FeatureKindName | FeatureConfig]
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+
+    @field_validator("features")
+    @classmethod
+    def _some_features(
+        cls, value: dict[str, FeatureKindName | FeatureConfig]
+    ) -> dict[str, FeatureKindName | FeatureConfig]:
+        if not value:
+            raise ValueError("a detector needs at least one feature")
+        return value
+
+    @model_validator(mode="after")
+    def _reserved_names(self) -> DetectorConfig:
+        for name in self.features:
+            if name in (self.ts_field, self.key_field):
+                raise ValueError(f"feature {name!r} clashes with ts_field/key_field")
+        return self
+
+    @property
+    def feature_schema(self) -> Schema:
+        """The feature schema the model is trained on, in config order."""
+        features = []
+        for name, spec in self.features.items():
+            if isinstance(spec, str):
+                features.append(Feature(name=name, kind=spec))
+            else:
+                features.append(Feature(name=name, kind=spec.kind, optional=spec.optional))
+        return Schema(features=tuple(features))
+
+
+class Config(Section):
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    detectors: dict[str, DetectorConfig] = Field(default_factory=dict)
+
+    @field_validator("detectors")
+    @classmethod
+    def _detector_names(cls, value: dict[str, DetectorConfig]) -> dict[str, DetectorConfig]:
+        for name in value:
+            if not _NAME.match(name):
+                raise ValueError(
+                    f"detector name {name!r} must be lower case letters, digits, '-' or '_', "
+                    "starting with a letter, at most 64 characters"
+                )
+        return value
+
+    @property
+    def store_url(self) -> str:
+        """The SQLAlchemy URL of the store: the configured one, else SQLite under state_dir."""
+        if self.store.url:
+            return self.store.url
+        return f"sqlite:///{self.daemon.state_dir / 'vigil.db'}"
+
+    @property
+    def token_path(self) -> Path:
+        return self.http.token_file
+
+
+def _format_errors(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        loc = ".".join(str(p) for p in error["loc"] if not str(p).startswith(("function-", "tagged-")))
+        if error["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif error["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = str(error["msg"]).removeprefix("Value error, ")
+            if "input" in error and error["type"] not in ("model_type", "dict_type"):
+                msg += f" (got {error['input']!r})"
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def _resolve(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else (base / path)
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    state_dir = _resolve(base, config.daemon.state_dir)
+    url = config.store.url
+    if url and url.startswith("sqlite:///") and not url.startswith("sqlite:////") and ":memory:" not in url:
+        url = f"sqlite:///{_resolve(base, Path(url.removeprefix('sqlite:///')))}"
+    detectors = {}
+    for name, det in config.detectors.items():
+        if isinstance(det.source, FileSourceConfig):
+            folder = _resolve(base, det.source.path)
+            if not folder.is_dir():
+                raise ConfigError(base, f"detectors.{name}.source.path: directory {folder} not found")
+            det = det.model_copy(update={"source": det.source.model_copy(update={"path": folder})})
+        detectors[name] = det
+    return config.model_copy(
+        update={
+            "daemon": config.daemon.model_copy(update={"state_dir": state_dir}),
+            "store": config.store.model_copy(update={"url": url}),
+            "http": config.http.model_copy(update={"token_file": _resolve(state_dir, config.http.token_file)}),
+            "detectors": detectors,
+        }
+    )
+
+
+def load_config(path: Path | str) -> Config:
+    """Read, validate and resolve a config file; relative paths are taken from the file's folder."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, "file not found") from None
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+        config = Config.model_validate(raw)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, f"not valid TOML: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError(path, _format_errors(exc)) from None
+    try:
+        return _resolve_paths(config, path.resolve().parent)
+    except ConfigError as exc:
+        raise ConfigError(path, exc.problem) from None

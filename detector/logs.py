@@ -1,0 +1,55 @@
+"""Logging set-up: one JSON object per line (journald), or plain text on a terminal."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["JsonFormatter", "TextFormatter", "setup_logging"]
+
+_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; `extra={...}` fields become top-level keys."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage(),
+        }
+        payload |= _extras(record)
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """Readable lines for a terminal: time, level, message, then key=value extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        extras = " ".join(f"{k}={v}" for k, v in _extras(record).items())
+        line = f"{ts} {record.levelname:<7} {record.getMessage()}" + (f"  {extras}" if extras else "")
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def setup_logging(level: str = "info", fmt: str = "auto") -> None:
+    """Configure the root logger once; `fmt` is json, text, or auto (text on a terminal)."""
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("apscheduler", "uvicorn.access", "alembic"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,110 @@
+"""Every Prometheus series the daemon exports, declared against one injected registry."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["SCORE_RATIO_BUCKETS", "Metrics", "StoreCollector"]
+
+logger = logging.getLogger(__name__)
+
+SCORE_RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.5, 2.0, 5.0, 10.0, 100.0)
+UNKNOWN_DETECTOR = "_unknown"
+
+
+class Metrics:
+    """The daemon's metrics; names and labels are the contract with dashboards and alert rules.
+
+    Label values are bounded: detector names come from config (unknown ones collapse to
+    `_unknown`), reasons and results from fixed sets.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.records_ingested = Counter(
+            "vigil_records_ingested_total", "Records accepted into the store, by detector and source.",
+            ["detector", "source"], registry=registry)
+        self.records_rejected = Counter(
+            "vigil_records_rejected_total", "Records (or whole bodies/files) refused, by detector and reason.",
+            ["detector", "reason"], registry=registry)
+        self.records_scored = Counter(
+            "vigil_records_scored_total", "Records scored by a model.", ["detector"], registry=registry)
+        self.outliers = Counter(
+            "vigil_outliers_total", "Records whose score passed the threshold.", ["detector"],
+            registry=registry)
+        self.score_ratio = Histogram(
+            "vigil_score_threshold_ratio", "Score of each scored record divided by the threshold in force.",
+            ["detector"], buckets=SCORE_RATIO_BUCKETS, registry=registry)
+        self.threshold = Gauge(
+            "vigil_threshold", "Reconstruction-error threshold of the active model.", ["detector"],
+            registry=registry)
+        self.expected_outlier_ratio = Gauge(
+            "vigil_expected_outlier_ratio", "Share of normal records the active threshold is expected to flag.",
+            ["detector"], registry=registry)
+        self.model_info = Gauge(
+            "vigil_model_info", "The active model version of each detector (value 1).",
+            ["detector", "version"], registry=registry)
+        self.model_trained = Gauge(
+            "vigil_model_trained_timestamp_seconds", "Unix time the active model finished training.",
+            ["detector"], registry=registry)
+        self.training_runs = Counter(
+            "vigil_training_runs_total", "Training runs by result (success, failed, skipped).",
+            ["detector", "result"], registry=registry)
+        self.training_duration = Histogram(
+            "vigil_training_duration_seconds", "Wall time of training runs that trained a model.",
+            ["detector"], buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600), registry=registry)
+        self.training_loss = Gauge(
+            "vigil_training_loss", "Final loss of the last successful training run, by split.",
+            ["detector", "split"], registry=registry)
+        self.training_records = Gauge(
+            "vigil_training_window_records", "Records in the window of the last successful training run.",
+            ["detector"], registry=registry)
+        self.training_last_success = Gauge(
+            "vigil_training_last_success_timestamp_seconds", "Unix time of the last successful training run.",
+            ["detector"], registry=registry)
+        self.scoring_duration = Histogram(
+            "vigil_scoring_batch_duration_seconds", "Wall time to score and store one batch.",
+            ["detector"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry)
+        self.errors = Counter(
+            "vigil_errors_total", "Failures of a job or component, by component.",
+            ["component"], registry=registry)
+
+    def set_active_model(self, detector: str, version: int, threshold: float,
+                         expected_rate: float, trained_at_s: float) -> None:
+        """Publish the active model of a detector, replacing the previous version's series."""
+        for sample in next(iter(self.model_info.collect())).samples:
+            if sample.labels.get("detector") == detector and sample.labels.get("version") != str(version):
+                self.model_info.remove(detector, sample.labels["version"])
+        self.model_info.labels(detector, str(version)).set(1)
+        self.threshold.labels(detector).set(threshold)
+        self.expected_outlier_ratio.labels(detector).set(expected_rate)
+        self.model_trained.labels(detector).set(trained_at_s)
+
+
+class StoreCollector(Collector):
+    """Counts that live in the database (records by state), read when Prometheus scrapes."""
+
+    def __init__(self, count_by_state: Callable[[], Mapping[tuple[str, str], int]],
+                 detectors: Callable[[], Iterable[str]]) -> None:
+        self._count_by_state = count_by_state
+        self._detectors = detectors
+
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "vigil_records", "Records in the store by detector and state (pending, scored).",
+            labels=["detector", "state"])
+        try:
+            counts = self._count_by_state()
+        except Exception:  # a scrape must not fail because the store is briefly away
+            logger.warning("store unavailable during scrape", exc_info=True)
+            return []
+        for name in self._detectors():
+            for state in ("pending", "scored"):
+                family.add_metric([name, state], float(counts.get((name, state), 0)))
+        return [family]

@@ -1,0 +1,246 @@
+"""Turn raw records (JSON objects, file rows) into validated records or reasoned rejections."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from training.schema import Feature, Schema
+
+__all__ = [
+    "REJECT_REASONS",
+    "Batch",
+    "MalformedLine",
+    "RecordValidator",
+    "Rejection",
+    "ValidRecord",
+    "parse_json_body",
+    "parse_timestamp",
+]
+
+logger = logging.getLogger(__name__)
+
+REJECT_REASONS = (
+    "missing_field",
+    "wrong_type",
+    "not_finite",
+    "bad_timestamp",
+    "bad_key",
+    "not_an_object",
+    "malformed",
+    "too_large",
+    "too_many_records",
+    "unreadable_file",
+)
+_RAW_LIMIT = 2000
+_KEY_LIMIT = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ValidRecord:
+    """A record that passed validation: UTC timestamp, optional key, typed fields."""
+
+    ts: datetime
+    key: str | None
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why one record (index within its batch, or None for the whole body or file) was refused."""
+
+    index: int | None
+    field: str | None
+    reason: str
+    message: str
+    raw: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "field": self.field, "reason": self.reason, "message": self.message}
+
+
+@dataclass(slots=True)
+class Batch:
+    """The outcome of validating a batch: every input is either accepted or rejected."""
+
+    accepted: list[ValidRecord] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+def _raw_text(raw: Any) -> str:
+    if isinstance(raw, MalformedLine):
+        return raw.line
+    try:
+        text = json.dumps(raw, default=str, allow_nan=True)
+    except (TypeError, ValueError):
+        text = repr(raw)
+    return text[:_RAW_LIMIT]
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Invalid(Exception):
+    def __init__(self, field_name: str | None, reason: str, problem: str) -> None:
+        super().__init__(problem)
+        self.field_name, self.reason, self.problem = field_name, reason, problem
+
+
+def parse_timestamp(value: Any, now: datetime) -> datetime:
+    """A UTC datetime from ISO 8601 text, Unix seconds or a datetime; naive times are taken as UTC."""
+    if value is None:
+        return now
+    if isinstance(value, datetime):
+        ts = value
+    elif isinstance(value, bool):
+        raise ValueError("expected an ISO 8601 time or Unix seconds, got a boolean")
+    elif isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError("Unix time is not finite")
+        ts = datetime.fromtimestamp(float(value), UTC)
+    elif isinstance(value, str):
+        ts = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    else:
+        raise ValueError(f"expected an ISO 8601 time or Unix seconds, got {type(value).__name__}")
+    if hasattr(ts, "to_pydatetime"):
+        ts = ts.to_pydatetime()
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _check_value(feature: Feature, value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value) and feature.kind != "numeric"):
+        if feature.optional:
+            return None
+        raise _Invalid(feature.name, "missing_field", "required field is missing or null")
+    if feature.kind == "numeric":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Invalid(feature.name, "wrong_type", f"expected a number, got {_describe(value)}")
+        number = float(value)
+        if not math.isfinite(number):
+            raise _Invalid(feature.name, "not_finite", f"expected a finite number, got {number}")
+        return number
+    if feature.kind == "boolean":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int | float) and value in (0, 1):
+            return bool(value)
+        raise _Invalid(feature.name, "wrong_type", f"expected true or false, got {_describe(value)}")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise _Invalid(feature.name, "wrong_type", f"expected a category (string), got {_describe(value)}")
+
+
+def _check_extra(name: str, value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        if math.isnan(value):
+            return None
+        raise _Invalid(name, "not_finite", f"expected a finite number, got {value}")
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise _Invalid(name, "wrong_type", f"extra fields must be scalars, got {type(value).__name__}")
+
+
+class RecordValidator:
+    """Validates raw records against one detector's schema; never raises for bad data."""
+
+    def __init__(self, schema: Schema, ts_field: str = "ts", key_field: str = "key") -> None:
+        self.schema = schema
+        self.ts_field = ts_field
+        self.key_field = key_field
+        self._features = {f.name: f for f in schema.features}
+
+    def _flatten(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        nested = raw.get("fields")
+        if isinstance(nested, Mapping) and "fields" not in self._features:
+            return dict(nested)
+        return {k: v for k, v in raw.items() if k not in (self.ts_field, self.key_field)}
+
+    def _check(self, raw: Any, now: datetime) -> ValidRecord:
+        if isinstance(raw, MalformedLine):
+            raise _Invalid(None, "malformed", f"not valid JSON: {raw.problem}")
+        if not isinstance(raw, Mapping):
+            raise _Invalid(None, "not_an_object", f"expected a JSON object, got {type(raw).__name__}")
+        try:
+            ts = parse_timestamp(raw.get(self.ts_field), now)
+        except (ValueError, TypeError, OverflowError, OSError) as exc:
+            raise _Invalid(self.ts_field, "bad_timestamp", str(exc)) from None
+        key = raw.get(self.key_field)
+        if key is not None:
+            if isinstance(key, bool) or not isinstance(key, str | int):
+                raise _Invalid(self.key_field, "bad_key", f"expected a string, got {_describe(key)}")
+            key = str(key)
+            if len(key) > _KEY_LIMIT:
+                raise _Invalid(self.key_field, "bad_key", f"longer than {_KEY_LIMIT} characters")
+        values = self._flatten(raw)
+        fields: dict[str, Any] = {}
+        for name, feature in self._features.items():
+            fields[name] = _check_value(feature, values.get(name))
+        for name, value in values.items():
+            if name not in self._features:
+                fields[str(name)] = _check_extra(str(name), value)
+        return ValidRecord(ts=ts, key=key, fields=fields)
+
+    def validate(self, raw: Any, index: int | None, now: datetime | None = None) -> ValidRecord | Rejection:
+        """One record: the validated record, or a Rejection naming the record, field and problem."""
+        try:
+            return self._check(raw, now or datetime.now(UTC))
+        except _Invalid as bad:
+            where = f"record {index}" if index is not None else "record"
+            what = f"field {bad.field_name!r}: " if bad.field_name else ""
+            return Rejection(index, bad.field_name, bad.reason, f"{where}: {what}{bad.problem}", _raw_text(raw))
+
+    def validate_many(self, raws: Iterable[Any], start_index: int = 0) -> Batch:
+        now = datetime.now(UTC)
+        batch = Batch()
+        for offset, raw in enumerate(raws):
+            outcome = self.validate(raw, start_index + offset, now)
+            if isinstance(outcome, Rejection):
+                batch.rejected.append(outcome)
+            else:
+                batch.accepted.append(outcome)
+        return batch
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedLine:
+    """An NDJSON line that is not valid JSON; validation turns it into a `malformed` rejection."""
+
+    problem: str
+    line: str
+
+
+def parse_json_body(body: bytes, content_type: str) -> list[Any]:
+    """Records from a JSON array, a single JSON object, or NDJSON (one object per line).
+
+    A malformed JSON document raises ValueError (the whole body is unreadable); in NDJSON a
+    malformed line becomes a MalformedLine at its position and the other lines go on.
+    NaN and Infinity literals are parsed, so that validation names the record and field.
+    """
+    text = body.decode("utf-8")
+    stripped = text.strip()
+    ndjson = "ndjson" in content_type or "jsonl" in content_type or (
+        stripped[:1] == "{" and "\n" in stripped
+    )
+    if not ndjson:
+        doc = json.loads(text)
+        return doc if isinstance(doc, list) else [doc]
+    records: list[Any] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as exc:
+            records.append(MalformedLine(str(exc), line[:_RAW_LIMIT]))
+    return records

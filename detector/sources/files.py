@@ -1,0 +1,131 @@
+"""The file source: CSV, Parquet or NDJSON files dropped into a spool folder, each ingested once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from detector.config import FileSourceConfig
+from detector.errors import IngestError
+from detector.records import Rejection, parse_json_body
+from detector.service import Vigil
+
+__all__ = ["FileSource", "read_records"]
+
+logger = logging.getLogger(__name__)
+
+_SUFFIX_FORMAT = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".ndjson": "ndjson",
+                  ".jsonl": "ndjson", ".json": "ndjson"}
+
+
+def _frame_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as dicts of Python scalars; empty cells (NaN, NaT) become None, i.e. missing."""
+    return [{str(k): (None if _is_missing(v) else v) for k, v in row.items()} for row in frame.to_dict("records")]
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or value is pd.NaT or (isinstance(value, float) and value != value)
+
+
+def read_records(path: Path, fmt: str = "auto") -> list[Any]:
+    """All records of a CSV, Parquet or NDJSON file; IngestError when the file cannot be read."""
+    kind = fmt if fmt != "auto" else _SUFFIX_FORMAT.get(path.suffix.lower())
+    if kind is None:
+        raise IngestError("unreadable_file", f"file {path.name}: unknown format (use .csv, .parquet or .ndjson)")
+    try:
+        if kind == "csv":
+            return _frame_records(pd.read_csv(path))
+        if kind == "parquet":
+            return _frame_records(pd.read_parquet(path))
+        return parse_json_body(path.read_bytes(), "application/x-ndjson")
+    except Exception as exc:  # pandas, pyarrow and the OS each raise their own classes for a bad file
+        raise IngestError("unreadable_file", f"file {path.name}: cannot read as {kind}: {exc}") from exc
+
+
+def _digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+class FileSource:
+    """Polls a spool folder; each file is stored once (watermark by content hash), then moved.
+
+    A file that reads is moved to `done/` (with `NAME.rejects.json` listing refused records, if
+    any); one that cannot be read goes to `failed/` with `NAME.reason.txt`. Files whose name
+    starts with '.' or that changed within `settle` seconds are left for the next poll, so
+    writers should write under a dot-name and rename when complete.
+    """
+
+    def __init__(self, detector: str, cfg: FileSourceConfig, vigil: Vigil) -> None:
+        self.detector = detector
+        self.poll_interval_s = cfg.poll_interval
+        self._cfg = cfg
+        self._vigil = vigil
+        self._done = cfg.path / "done"
+        self._failed = cfg.path / "failed"
+
+    def _ready_files(self) -> list[Path]:
+        now = time.time()
+        files = []
+        for entry in sorted(self._cfg.path.iterdir()):
+            if entry.name.startswith(".") or not entry.is_file():
+                continue
+            if now - entry.stat().st_mtime < self._cfg.settle:
+                continue
+            files.append(entry)
+        return files
+
+    def _move(self, path: Path, folder: Path) -> Path:
+        folder.mkdir(exist_ok=True)
+        target = folder / path.name
+        if target.exists():
+            target = folder / f"{path.stem}.{int(time.time() * 1000)}{path.suffix}"
+        shutil.move(str(path), target)
+        return target
+
+    def _fail(self, path: Path, message: str) -> None:
+        target = self._move(path, self._failed)
+        target.with_name(target.name + ".reason.txt").write_text(message + "\n", encoding="utf-8")
+        logger.warning("file refused", extra={"detector": self.detector, "file": path.name, "reason": message})
+
+    def _write_rejects(self, target: Path, rejected: list[Rejection]) -> None:
+        body = {"file": target.name, "rejected": [r.to_dict() for r in rejected]}
+        tmp = target.with_name("." + target.name + ".rejects.json")
+        tmp.write_text(json.dumps(body, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, target.with_name(target.name + ".rejects.json"))
+
+    def process(self, path: Path) -> int:
+        """Ingest one file and move it; returns records accepted."""
+        digest = _digest(path)
+        mark = f"file:{digest}"
+        if self._vigil.repo.watermark(self.detector, mark) is not None:
+            self._move(path, self._done)        # stored before a crash, not yet moved
+            return 0
+        try:
+            raws = read_records(path, self._cfg.format)
+        except IngestError as exc:
+            self._vigil.reject_whole(self.detector, "file", exc.reason, exc.message, origin=path.name)
+            self._fail(path, exc.message)
+            return 0
+        result = self._vigil.ingest(self.detector, raws, "file", origin=path.name,
+                                    watermark=(mark, path.name))
+        target = self._move(path, self._done)
+        if result.rejected:
+            self._write_rejects(target, result.rejected)
+        logger.info("file ingested", extra={"detector": self.detector, "file": path.name,
+                                            "accepted": result.accepted, "rejected": len(result.rejected)})
+        return result.accepted
+
+    def poll(self) -> int:
+        return sum(self.process(path) for path in self._ready_files())

@@ -1,0 +1,1 @@
+"""The record store: SQLAlchemy tables, Alembic migrations and the repository."""

@@ -1,0 +1,378 @@
+"""All reads and writes of the store; SQLAlchemy sessions never leave this module."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from detector.errors import StorageError
+from detector.records import Rejection, ValidRecord
+from detector.store.tables import (
+    ModelVersionRow,
+    OutlierRow,
+    RecordRow,
+    RejectRow,
+    TrainingRunRow,
+    WatermarkRow,
+)
+
+__all__ = [
+    "DetectorCounts",
+    "ModelVersion",
+    "OutlierView",
+    "PendingRecord",
+    "Repository",
+    "ScoredRecord",
+    "TrainingRun",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRecord:
+    id: int
+    ts: datetime
+    key: str | None
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredRecord:
+    """The scoring result of one pending record; `outlier` holds the explanation when flagged."""
+
+    id: int
+    score: float
+    outlier: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersion:
+    id: int
+    detector: str
+    version: int
+    status: str
+    created_at: datetime
+    activated_at: datetime | None
+    window_start: datetime | None
+    window_end: datetime | None
+    n_records: int
+    threshold: float
+    meta: dict[str, Any]
+    weights: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierView:
+    id: int
+    record_id: int | None
+    detector: str
+    ts: datetime
+    key: str | None
+    fields: dict[str, Any]
+    score: float
+    threshold: float
+    model_version: int
+    contributions: list[dict[str, Any]]
+    expected: dict[str, Any]
+    review_state: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingRun:
+    id: int
+    detector: str
+    trigger: str
+    started_at: datetime
+    finished_at: datetime | None
+    result: str
+    message: str | None
+    n_records: int | None
+    duration_s: float | None
+    train_loss: float | None
+    val_loss: float | None
+    model_version: int | None
+
+
+@dataclass(slots=True)
+class DetectorCounts:
+    pending: int = 0
+    scored: int = 0
+    rejected: int = 0
+    outliers: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def _model(row: ModelVersionRow, with_weights: bool) -> ModelVersion:
+    return ModelVersion(
+        id=row.id, detector=row.detector, version=row.version, status=row.status,
+        created_at=row.created_at, activated_at=row.activated_at, window_start=row.window_start,
+        window_end=row.window_end, n_records=row.n_records, threshold=row.threshold, meta=row.meta,
+        weights=row.weights if with_weights else None,
+    )
+
+
+class Repository:
+    """The store's API in domain terms. Every method is one transaction."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    @contextmanager
+    def _tx(self, operation: str) -> Iterator[Session]:
+        try:
+            with self._sessions.begin() as session:
+                yield session
+        except SQLAlchemyError as exc:
+            raise StorageError(operation, exc) from exc
+
+    @contextmanager
+    def _read(self, operation: str) -> Iterator[Session]:
+        try:
+            with self._sessions() as session:
+                yield session
+        except SQLAlchemyError as exc:
+            raise StorageError(operation, exc) from exc
+
+    # -- ingestion -------------------------------------------------------------------------
+    def add_batch(self, detector: str, source: str, accepted: Sequence[ValidRecord],
+                  rejected: Sequence[Rejection], origin: str | None = None,
+                  watermark: tuple[str, str] | None = None) -> None:
+        """Store a batch's accepted records, its rejections and (optionally) a source watermark at once."""
+        now = datetime.now(UTC)
+        with self._tx("ingest") as session:
+            if accepted:
+                session.execute(insert(RecordRow), [
+                    {"detector": detector, "ts": r.ts, "key": r.key, "fields": r.fields, "source": source,
+                     "ingested_at": now, "state": "pending", "is_outlier": False}
+                    for r in accepted
+                ])
+            if rejected:
+                session.execute(insert(RejectRow), [
+                    {"detector": detector, "source": source, "origin": origin, "record_index": r.index,
+                     "field": r.field, "reason": r.reason, "message": r.message[:2000], "raw": r.raw,
+                     "received_at": now}
+                    for r in rejected
+                ])
+            if watermark is not None:
+                self._put_watermark(session, detector, watermark[0], watermark[1], now)
+
+    def _put_watermark(self, session: Session, detector: str, name: str, value: str, now: datetime) -> None:
+        row = session.get(WatermarkRow, (detector, name))
+        if row is None:
+            session.add(WatermarkRow(detector=detector, name=name, value=value, updated_at=now))
+        else:
+            row.value, row.updated_at = value, now
+
+    def watermark(self, detector: str, name: str) -> str | None:
+        with self._read("read watermark") as session:
+            row = session.get(WatermarkRow, (detector, name))
+            return row.value if row else None
+
+    # -- scoring -----------------------------------------------------------------------------
+    def score_pending(self, detector: str, limit: int, model_version_id: int, threshold: float,
+                      scorer: Callable[[list[PendingRecord]], list[ScoredRecord]]) -> list[ScoredRecord]:
+        """Claim up to `limit` pending records, score them and store results and outliers atomically."""
+        now = datetime.now(UTC)
+        with self._tx("score") as session:
+            rows = session.execute(
+                select(RecordRow.id, RecordRow.ts, RecordRow.key, RecordRow.fields)
+                .where(RecordRow.detector == detector, RecordRow.state == "pending")
+                .order_by(RecordRow.id).limit(limit).with_for_update(skip_locked=True)
+            ).all()
+            if not rows:
+                return []
+            pending = [PendingRecord(r.id, r.ts, r.key, r.fields) for r in rows]
+            scored = scorer(pending)
+            session.execute(update(RecordRow), [
+                {"id": s.id, "state": "scored", "score": s.score, "is_outlier": s.outlier is not None,
+                 "model_version_id": model_version_id, "scored_at": now}
+                for s in scored
+            ])
+            by_id = {p.id: p for p in pending}
+            outliers = [
+                {"record_id": s.id, "detector": detector, "ts": by_id[s.id].ts, "key": by_id[s.id].key,
+                 "fields": by_id[s.id].fields, "score": s.score, "threshold": threshold,
+                 "model_version_id": model_version_id, "contributions": s.outlier["contributions"],
+                 "expected": s.outlier["expected"], "review_state": "unreviewed", "created_at": now}
+                for s in scored if s.outlier is not None
+            ]
+            if outliers:
+                session.execute(insert(OutlierRow), outliers)
+            return scored
+
+    # -- training ----------------------------------------------------------------------------
+    def training_window(self, detector: str, since: datetime, limit: int) -> list[PendingRecord]:
+        """The newest `limit` records since `since`, excluding records flagged as outliers."""
+        with self._read("read training window") as session:
+            rows = session.execute(
+                select(RecordRow.id, RecordRow.ts, RecordRow.key, RecordRow.fields)
+                .where(RecordRow.detector == detector, RecordRow.ts >= since, RecordRow.is_outlier.is_(False))
+                .order_by(RecordRow.ts.desc(), RecordRow.id.desc()).limit(limit)
+            ).all()
+        return [PendingRecord(r.id, r.ts, r.key, r.fields) for r in reversed(rows)]
+
+    def latest_ts(self, detector: str) -> datetime | None:
+        with self._read("read latest record time") as session:
+            return session.scalar(select(func.max(RecordRow.ts)).where(RecordRow.detector == detector))
+
+    def count_window(self, detector: str, since: datetime) -> int:
+        with self._read("count training window") as session:
+            return int(session.scalar(
+                select(func.count()).select_from(RecordRow)
+                .where(RecordRow.detector == detector, RecordRow.ts >= since, RecordRow.is_outlier.is_(False))
+            ) or 0)
+
+    def start_training_run(self, detector: str, trigger: str) -> int:
+        with self._tx("start training run") as session:
+            row = TrainingRunRow(detector=detector, trigger=trigger, started_at=datetime.now(UTC),
+                                 result="running")
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def finish_training_run(self, run_id: int, result: str, message: str | None = None,
+                            n_records: int | None = None, duration_s: float | None = None,
+                            train_loss: float | None = None, val_loss: float | None = None,
+                            model_version_id: int | None = None) -> None:
+        with self._tx("finish training run") as session:
+            session.execute(update(TrainingRunRow).where(TrainingRunRow.id == run_id).values(
+                finished_at=datetime.now(UTC), result=result, message=message, n_records=n_records,
+                duration_s=duration_s, train_loss=train_loss, val_loss=val_loss,
+                model_version_id=model_version_id))
+
+    def abandon_running_runs(self) -> int:
+        """Mark runs left `running` by a previous process (killed mid-training) as failed."""
+        with self._tx("abandon training runs") as session:
+            result = session.execute(update(TrainingRunRow).where(TrainingRunRow.result == "running").values(
+                result="failed", finished_at=datetime.now(UTC), message="interrupted: the daemon stopped"))
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def save_model(self, detector: str, weights: bytes, meta: dict[str, Any], threshold: float,
+                   n_records: int, window_start: datetime | None, window_end: datetime | None,
+                   activate: bool = True) -> ModelVersion:
+        """Store a new model version; when `activate`, retire the active one in the same transaction."""
+        now = datetime.now(UTC)
+        with self._tx("save model") as session:
+            last = session.scalar(select(func.max(ModelVersionRow.version))
+                                  .where(ModelVersionRow.detector == detector)) or 0
+            if activate:
+                session.execute(update(ModelVersionRow).where(
+                    ModelVersionRow.detector == detector, ModelVersionRow.status == "active"
+                ).values(status="retired"))
+            row = ModelVersionRow(
+                detector=detector, version=last + 1, status="active" if activate else "candidate",
+                created_at=now, activated_at=now if activate else None, window_start=window_start,
+                window_end=window_end, n_records=n_records, threshold=threshold, weights=weights, meta=meta)
+            session.add(row)
+            session.flush()
+            return _model(row, with_weights=False)
+
+    def active_model(self, detector: str, with_weights: bool = True) -> ModelVersion | None:
+        with self._read("read active model") as session:
+            row = session.scalar(select(ModelVersionRow).where(
+                ModelVersionRow.detector == detector, ModelVersionRow.status == "active"))
+            return _model(row, with_weights) if row else None
+
+    def active_model_id(self, detector: str) -> int | None:
+        with self._read("read active model") as session:
+            return session.scalar(select(ModelVersionRow.id).where(
+                ModelVersionRow.detector == detector, ModelVersionRow.status == "active"))
+
+    def list_models(self, detector: str | None = None, limit: int = 100) -> list[ModelVersion]:
+        stmt = select(ModelVersionRow).order_by(ModelVersionRow.detector, ModelVersionRow.version.desc())
+        if detector:
+            stmt = stmt.where(ModelVersionRow.detector == detector)
+        with self._read("list models") as session:
+            return [_model(r, False) for r in session.scalars(stmt.limit(limit))]
+
+    def last_training_run(self, detector: str) -> TrainingRun | None:
+        runs = self.list_training_runs(detector, limit=1)
+        return runs[0] if runs else None
+
+    def list_training_runs(self, detector: str, limit: int = 20) -> list[TrainingRun]:
+        with self._read("list training runs") as session:
+            rows = session.execute(
+                select(TrainingRunRow, ModelVersionRow.version)
+                .outerjoin(ModelVersionRow, ModelVersionRow.id == TrainingRunRow.model_version_id)
+                .where(TrainingRunRow.detector == detector)
+                .order_by(TrainingRunRow.id.desc()).limit(limit)).all()
+        return [
+            TrainingRun(id=r.id, detector=r.detector, trigger=r.trigger, started_at=r.started_at,
+                        finished_at=r.finished_at, result=r.result, message=r.message,
+                        n_records=r.n_records, duration_s=r.duration_s, train_loss=r.train_loss,
+                        val_loss=r.val_loss, model_version=version)
+            for r, version in rows
+        ]
+
+    # -- reading -----------------------------------------------------------------------------
+    def count_by_state(self) -> dict[tuple[str, str], int]:
+        with self._read("count records") as session:
+            rows = session.execute(select(RecordRow.detector, RecordRow.state, func.count())
+                                   .group_by(RecordRow.detector, RecordRow.state)).all()
+        return {(d, s): int(n) for d, s, n in rows}
+
+    def counts(self) -> dict[str, DetectorCounts]:
+        """Records by state, rejects and outliers for every detector that has any."""
+        result: dict[str, DetectorCounts] = {}
+        for (det, state), n in self.count_by_state().items():
+            counts = result.setdefault(det, DetectorCounts())
+            if state in ("pending", "scored"):
+                setattr(counts, state, n)
+            else:
+                counts.extra[state] = n
+        with self._read("count rejects and outliers") as session:
+            for det, n in session.execute(select(RejectRow.detector, func.count()).group_by(RejectRow.detector)):
+                result.setdefault(det, DetectorCounts()).rejected = int(n)
+            for det, n in session.execute(select(OutlierRow.detector, func.count()).group_by(OutlierRow.detector)):
+                result.setdefault(det, DetectorCounts()).outliers = int(n)
+        return result
+
+    def list_outliers(self, detector: str | None = None, since: datetime | None = None,
+                      limit: int = 50) -> list[OutlierView]:
+        stmt = (select(OutlierRow, ModelVersionRow.version)
+                .join(ModelVersionRow, ModelVersionRow.id == OutlierRow.model_version_id)
+                .order_by(OutlierRow.id.desc()).limit(limit))
+        if detector:
+            stmt = stmt.where(OutlierRow.detector == detector)
+        if since:
+            stmt = stmt.where(OutlierRow.ts >= since)
+        with self._read("list outliers") as session:
+            rows = session.execute(stmt).all()
+        return [
+            OutlierView(id=o.id, record_id=o.record_id, detector=o.detector, ts=o.ts, key=o.key,
+                        fields=o.fields, score=o.score, threshold=o.threshold, model_version=version,
+                        contributions=o.contributions, expected=o.expected, review_state=o.review_state,
+                        created_at=o.created_at)
+            for o, version in rows
+        ]
+
+    def list_rejects(self, detector: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        stmt = select(RejectRow).order_by(RejectRow.id.desc()).limit(limit)
+        if detector:
+            stmt = stmt.where(RejectRow.detector == detector)
+        with self._read("list rejects") as session:
+            return [
+                {"id": r.id, "detector": r.detector, "source": r.source, "origin": r.origin,
+                 "index": r.record_index, "field": r.field, "reason": r.reason, "message": r.message,
+                 "received_at": r.received_at.isoformat()}
+                for r in session.scalars(stmt)
+            ]
+
+    # -- retention ---------------------------------------------------------------------------
+    def purge(self, records_before: datetime, rejects_before: datetime) -> tuple[int, int]:
+        """Delete scored, unflagged records and rejects older than the cut-offs; outliers stay."""
+        with self._tx("retention") as session:
+            records = session.execute(delete(RecordRow).where(
+                RecordRow.state == "scored", RecordRow.is_outlier.is_(False), RecordRow.ts < records_before))
+            rejects = session.execute(delete(RejectRow).where(RejectRow.received_at < rejects_before))
+            return int(records.rowcount or 0), int(rejects.rowcount or 0)  # type: ignore[attr-defined]
