@@ -1,0 +1,93 @@
+"""Fixtures for daemon tests: a config on a real SQLite file, a runtime, and the real HTTP app."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
+
+from detector.api import create_app
+from detector.config import Config, load_config
+from detector.daemon import Runtime, build_runtime
+
+HTTP_DETECTOR = """
+[detectors.web]
+source = { type = "http" }
+key_field = "host"
+
+[detectors.web.features]
+load = "numeric"
+cpu = "numeric"
+latency = "numeric"
+region = "categorical"
+healthy = { kind = "boolean", optional = true }
+
+[detectors.web.model]
+hidden = [16]
+latent = 2
+epochs = 30
+batch_size = 64
+patience = 5
+seed = 0
+device = "cpu"
+
+[detectors.web.threshold]
+target_fpr = 0.01
+
+[detectors.web.training]
+interval = "1h"
+window = "30d"
+min_records = 200
+max_records = 5000
+
+[detectors.web.scoring]
+interval = "1s"
+batch_size = 500
+"""
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[[str], Path]:
+    """Write a config file in tmp_path: [daemon] and [http] defaults plus the given text."""
+
+    def write(body: str = HTTP_DETECTOR, name: str = "config.toml") -> Path:
+        path = tmp_path / name
+        head = textwrap.dedent("""
+            [daemon]
+            state_dir = "state"
+            torch_threads = 1
+
+            [http]
+            port = 0
+        """)
+        path.write_text(head + textwrap.dedent(body), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def config(write_config: Callable[[str], Path]) -> Config:
+    return load_config(write_config(HTTP_DETECTOR))
+
+
+@pytest.fixture
+def runtime(config: Config) -> Runtime:
+    """A runtime on a real SQLite file in tmp_path, with its own registry (jobs not started)."""
+    return build_runtime(config, CollectorRegistry(), with_process_metrics=False)
+
+
+@pytest.fixture
+def client(runtime: Runtime) -> Iterator[TestClient]:
+    """The real FastAPI app over the runtime; jobs are driven by the tests, not the scheduler."""
+    with TestClient(create_app(runtime, manage_jobs=False)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def auth(runtime: Runtime) -> dict[str, str]:
+    return {"Authorization": f"Bearer {runtime.token}"}
