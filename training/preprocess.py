@@ -1,0 +1,260 @@
+"""Turn a frame of records into a float32 matrix for the autoencoder, and back into expected values."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+
+from training._columns import boolean_values, category_values, numeric_values, take_column
+from training.schema import Feature, Schema
+
+__all__ = ["MISSING", "OTHER", "UNSEEN", "Preprocessor"]
+
+logger = logging.getLogger(__name__)
+
+OTHER = "__other__"
+UNSEEN = "__unseen__"
+MISSING = "__missing__"
+
+
+@dataclass(frozen=True, slots=True)
+class _Numeric:
+    """encoded = (x - center) / scale; a missing value becomes `fill` (the median) before scaling."""
+
+    center: float
+    scale: float
+    fill: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Categorical:
+    """`categories` get their own column, `other` (seen but rarer) share the `__other__` column."""
+
+    categories: tuple[str, ...]
+    other: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Boolean:
+    """Encoded as 0 / 1; a missing value is 0.5."""
+
+
+_State = _Numeric | _Categorical | _Boolean
+
+
+def _feature_columns(feature: Feature, state: _State) -> list[str]:
+    name = feature.name
+    if isinstance(state, _Categorical):
+        labels = [*state.categories, *([OTHER] if state.other else []), UNSEEN]
+        labels += [MISSING] if feature.optional else []
+        return [f"{name}={label}" for label in labels]
+    return [name, *([f"{name}__missing"] if feature.optional else [])]
+
+
+def _fit_numeric(values: npt.NDArray[np.float64], unit_range: bool) -> _Numeric:
+    present = values[np.isfinite(values)]
+    if present.size == 0:
+        return _Numeric(center=0.0, scale=1.0, fill=0.0)
+    median = float(np.median(present))
+    if unit_range:
+        low, high = np.quantile(present, [0.01, 0.99])
+        width = float(high - low)
+        return _Numeric(center=float(low), scale=width if width > 0 else 1.0, fill=median)
+    q25, q75 = np.quantile(present, [0.25, 0.75])
+    scale = float(q75 - q25) / 1.349
+    if not scale > 0:
+        scale = float(np.std(present))
+    if not scale > 0:
+        scale = 1.0
+    return _Numeric(center=median, scale=scale, fill=median)
+
+
+def _fit_categorical(
+    strings: npt.NDArray[np.object_], missing: npt.NDArray[np.bool_], top: int
+) -> _Categorical:
+    counts = pd.Series(strings[~missing]).value_counts(sort=False)
+    ranked = sorted(counts.items(), key=lambda item: (-int(item[1]), str(item[0])))
+    names = [str(value) for value, _ in ranked]
+    return _Categorical(categories=tuple(names[:top]), other=tuple(names[top:]))
+
+
+class Preprocessor:
+    """Fitted encoding of a schema's features: robust-scaled numbers, one-hot categories, 0/1 booleans.
+
+    Fit it with `Preprocessor.fit`; the constructor takes already fitted state.
+    """
+
+    def __init__(
+        self, schema: Schema, states: Mapping[str, _State], *, max_categories: int, unit_range: bool
+    ) -> None:
+        self.schema = schema
+        self.max_categories = max_categories
+        self.unit_range = unit_range
+        self._states = {f.name: states[f.name] for f in schema.features}
+        self._lookups: dict[str, pd.Index[Any]] = {}
+        for name, state in self._states.items():
+            if isinstance(state, _Categorical):
+                lookup = pd.Index([*state.categories, *state.other], dtype=object)
+                if not lookup.is_unique:
+                    raise ValueError(f"feature {name!r}: categories must be unique")
+                self._lookups[name] = lookup
+        self.columns: list[str] = []
+        self.feature_slices: dict[str, slice] = {}
+        for feature in schema.features:
+            start = len(self.columns)
+            self.columns += _feature_columns(feature, self._states[feature.name])
+            self.feature_slices[feature.name] = slice(start, len(self.columns))
+
+    @property
+    def n_columns(self) -> int:
+        return len(self.columns)
+
+    @classmethod
+    def fit(
+        cls, frame: pd.DataFrame, schema: Schema, max_categories: int = 50, unit_range: bool = False
+    ) -> Preprocessor:
+        """Learn medians, spreads and category lists from `frame` (extra columns are ignored)."""
+        if max_categories < 1:
+            raise ValueError(f"max_categories must be at least 1, got {max_categories}")
+        states: dict[str, _State] = {}
+        for f in schema.features:
+            column = take_column(frame, f.name)
+            if f.kind == "numeric":
+                states[f.name] = _fit_numeric(numeric_values(column, f.name, f.optional)[0], unit_range)
+            elif f.kind == "categorical":
+                strings, missing = category_values(column, f.name, f.optional)
+                states[f.name] = _fit_categorical(strings, missing, max_categories)
+            else:
+                boolean_values(column, f.name, f.optional)  # validates the values
+                states[f.name] = _Boolean()
+        return cls(schema, states, max_categories=max_categories, unit_range=unit_range)
+
+    def transform(self, frame: pd.DataFrame) -> npt.NDArray[np.float32]:
+        """Encode `frame` into shape [n, n_columns]. KeyError for a missing feature column."""
+        n = len(frame)
+        out = np.zeros((n, self.n_columns), dtype=np.float32)
+        for f in self.schema.features:
+            block = self._encode(f, take_column(frame, f.name))
+            out[:, self.feature_slices[f.name]] = block
+        return out
+
+    def _encode(self, f: Feature, column: pd.Series[Any]) -> npt.NDArray[np.float64]:
+        state = self._states[f.name]
+        if isinstance(state, _Categorical):
+            strings, missing = category_values(column, f.name, f.optional)
+            return self._one_hot(f, state, strings, missing)
+        if isinstance(state, _Numeric):
+            values, missing = numeric_values(column, f.name, f.optional)
+            encoded = (np.where(missing, state.fill, values) - state.center) / state.scale
+        else:
+            values, missing = boolean_values(column, f.name, f.optional)
+            encoded = np.where(missing, 0.5, values)
+        if f.optional:
+            return np.column_stack([encoded, missing.astype(np.float64)])
+        return encoded[:, np.newaxis]
+
+    def _one_hot(
+        self,
+        f: Feature,
+        state: _Categorical,
+        strings: npt.NDArray[np.object_],
+        missing: npt.NDArray[np.bool_],
+    ) -> npt.NDArray[np.float64]:
+        n_named = len(state.categories)
+        unseen_col = n_named + (1 if state.other else 0)
+        codes = self._lookups[f.name].get_indexer(pd.Index(strings, dtype=object))
+        cols = np.where(codes < 0, unseen_col, np.minimum(codes, n_named))
+        if f.optional:
+            cols = np.where(missing, unseen_col + 1, cols)
+        block = np.zeros((len(strings), len(_feature_columns(f, state))), dtype=np.float64)
+        block[np.arange(len(strings)), cols] = 1.0
+        return block
+
+    def unseen_mask(self, frame: pd.DataFrame) -> npt.NDArray[np.bool_]:
+        """Shape [n, n_features]: True where a categorical value was never seen when fitting."""
+        mask = np.zeros((len(frame), len(self.schema.features)), dtype=np.bool_)
+        for j, f in enumerate(self.schema.features):
+            state = self._states[f.name]
+            if isinstance(state, _Categorical):
+                strings, missing = category_values(take_column(frame, f.name), f.name, f.optional)
+                codes = self._lookups[f.name].get_indexer(pd.Index(strings, dtype=object))
+                mask[:, j] = (codes < 0) & ~missing
+        return mask
+
+    def decode(self, recon: npt.NDArray[np.float32]) -> pd.DataFrame:
+        """The expected value of each feature, in original units, from reconstructions [n, n_columns].
+
+        Numeric: inverse scaling. Boolean: recon >= 0.5. Categorical: the category whose column is
+        largest (never `__unseen__`); `__other__` when the folded column wins, None when `__missing__` does.
+        """
+        if recon.ndim != 2 or recon.shape[1] != self.n_columns:
+            raise ValueError(f"expected reconstructions of shape [n, {self.n_columns}], got {recon.shape}")
+        decoded: dict[str, Any] = {}
+        for f in self.schema.features:
+            block = recon[:, self.feature_slices[f.name]].astype(np.float64)
+            state = self._states[f.name]
+            if isinstance(state, _Numeric):
+                decoded[f.name] = block[:, 0] * state.scale + state.center
+            elif isinstance(state, _Boolean):
+                decoded[f.name] = block[:, 0] >= 0.5
+            else:
+                decoded[f.name] = _decode_category(f, state, block)
+        return pd.DataFrame(decoded, columns=self.schema.names)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able fitted state; `from_dict` restores an identical preprocessor."""
+        states: dict[str, dict[str, Any]] = {}
+        for name, state in self._states.items():
+            if isinstance(state, _Numeric):
+                states[name] = {"center": state.center, "scale": state.scale, "fill": state.fill}
+            elif isinstance(state, _Categorical):
+                states[name] = {"categories": list(state.categories), "other": list(state.other)}
+            else:
+                states[name] = {}
+        return {
+            "schema": self.schema.to_dict(),
+            "max_categories": self.max_categories,
+            "unit_range": self.unit_range,
+            "states": states,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Preprocessor:
+        """Rebuild from `to_dict` output; KeyError / ValueError / TypeError on malformed input."""
+        schema = Schema.from_dict(d["schema"])
+        raw = d["states"]
+        states: dict[str, _State] = {}
+        for f in schema.features:
+            s = raw[f.name]
+            state: _State
+            if f.kind == "numeric":
+                scale = float(s["scale"])
+                if not (np.isfinite(scale) and scale > 0):
+                    raise ValueError(f"feature {f.name!r}: scale must be positive, got {scale}")
+                state = _Numeric(float(s["center"]), scale, float(s["fill"]))
+            elif f.kind == "categorical":
+                state = _Categorical(tuple(map(str, s["categories"])), tuple(map(str, s["other"])))
+            else:
+                state = _Boolean()
+            states[f.name] = state
+        return cls(schema, states, max_categories=int(d["max_categories"]), unit_range=bool(d["unit_range"]))
+
+
+def _decode_category(
+    f: Feature, state: _Categorical, block: npt.NDArray[np.float64]
+) -> npt.NDArray[np.object_]:
+    labels: list[str | None] = [*state.categories, *([OTHER] if state.other else [])]
+    candidates = block[:, : len(labels)]
+    if f.optional:  # the __missing__ column is last, after __unseen__
+        labels.append(None)
+        candidates = np.column_stack([candidates, block[:, -1]])
+    result = np.full(len(block), None, dtype=object)
+    if labels and len(block):
+        result[:] = np.asarray(labels, dtype=object)[np.argmax(candidates, axis=1)]
+    return result
