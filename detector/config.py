@@ -264,10 +264,26 @@ class Config(Section):
         return self.http.token_file
 
 
-def _format_errors(exc: ValidationError) -> str:
+def _key_path(loc: tuple[int | str, ...], raw: Any, missing: bool) -> str:
+    """The dotted key of an error in the file: union branch labels in `loc` (a source's
+    `type` tag such as "http", or "FeatureConfig") are not keys of the input and are skipped."""
+    keys, node = [], raw
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            keys.append(str(part))
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            keys.append(str(part))
+            node = node[part]
+        elif missing and i == len(loc) - 1:
+            keys.append(str(part))
+    return ".".join(keys)
+
+
+def _format_errors(exc: ValidationError, raw: Any) -> str:
     parts = []
     for error in exc.errors():
-        loc = ".".join(str(p) for p in error["loc"] if not str(p).startswith(("function-", "tagged-")))
+        loc = _key_path(error["loc"], raw, error["type"] == "missing")
         if error["type"] == "extra_forbidden":
             msg = "unknown key"
         elif error["type"] == "missing":
@@ -322,7 +338,7 @@ def load_config(path: Path | str) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, f"not valid TOML: {exc}") from None
     except ValidationError as exc:
-        raise ConfigError(path, _format_errors(exc)) from None
+        raise ConfigError(path, _format_errors(exc, raw)) from None
     try:
         return _resolve_paths(config, path.resolve().parent)
     except ConfigError as exc:
