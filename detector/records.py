@@ -229,12 +229,17 @@ def parse_json_body(body: bytes, content_type: str) -> list[Any]:
     """
     text = body.decode("utf-8")
     stripped = text.strip()
-    ndjson = "ndjson" in content_type or "jsonl" in content_type or (
-        stripped[:1] == "{" and "\n" in stripped
-    )
-    if not ndjson:
-        doc = json.loads(text)
-        return doc if isinstance(doc, list) else [doc]
+    declared = "ndjson" in content_type or "jsonl" in content_type
+    if not declared:
+        # NDJSON is only sniffed when the body is not one JSON document: a pretty-printed
+        # object also starts with "{" and spans several lines.
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            if not (stripped[:1] == "{" and "\n" in stripped):
+                raise
+        else:
+            return doc if isinstance(doc, list) else [doc]
     records: list[Any] = []
     for line in text.splitlines():
         if not line.strip():
