@@ -12,7 +12,11 @@ CONFIG ?= config.toml
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "Vigil needs Python >= 3.11 (found $$($(PYTHON) --version))"; exit 1; }
-	@$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: on Debian run 'apt-get install python3-venv'"; exit 1; }
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  rm -rf $(VENV); \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing python3-venv"; apt-get update -q >/dev/null; apt-get install -y -q python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); \
+	  else echo "python3 -m venv failed: install it with 'sudo apt-get install python3-venv'"; exit 1; fi; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.torch: $(BIN)/python

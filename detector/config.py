@@ -174,6 +174,7 @@ class TrainingConfig(Section):
     window: PositiveDuration = Field(default=2 * 86400.0)
     max_records: int = Field(default=50_000, gt=0)
     min_records: int = Field(default=500, gt=0)
+    first_window_trim: float = Field(default=0.02, ge=0.0, lt=0.5)
 
     @field_validator("cron")
     @classmethod

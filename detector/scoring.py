@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from detector.frames import records_frame, to_json_value
 from detector.service import Vigil
 from detector.store.repository import PendingRecord, ScoredRecord
+from training.errors import TrainingError
 from training.fit import FittedModel
 
 __all__ = ["ActiveModel", "ModelCache", "Scorer"]
@@ -30,6 +31,7 @@ class ModelCache:
     def __init__(self, vigil: Vigil) -> None:
         self._vigil = vigil
         self._models: dict[str, ActiveModel] = {}
+        self._broken: set[int] = set()
         self._lock = threading.Lock()
 
     def get(self, name: str) -> ActiveModel | None:
@@ -41,10 +43,19 @@ class ModelCache:
                 return None
             if cached is not None and cached.id == active_id:
                 return cached
+        if active_id in self._broken:
+            return None
         row = self._vigil.repo.active_model(name)
         if row is None or row.weights is None:
             return None
-        model = FittedModel.from_artifact(row.weights, row.meta)
+        try:
+            model = FittedModel.from_artifact(row.weights, row.meta)
+        except TrainingError as exc:
+            self._broken.add(row.id)
+            self._vigil.metrics.errors.labels("scoring").inc()
+            logger.error("active model cannot be loaded; records stay pending until another version is active",
+                         extra={"detector": name, "version": row.version, "error": str(exc)})
+            return None
         loaded = ActiveModel(row.id, row.version, model)
         with self._lock:
             self._models[name] = loaded

@@ -106,9 +106,12 @@ class Trainer:
                 on_epoch(stats)
 
         model_settings, train_settings, threshold_settings = _settings(det)
+        # Later windows exclude the records earlier models flagged; the first one was never screened.
+        first = vigil.repo.active_model_id(name) is None
+        trim = det.training.first_window_trim if first else 0.0
         try:
             fitted = fit_model(records_frame(records, det.feature_schema), det.feature_schema, model_settings,
-                               train_settings, threshold_settings, on_epoch=hook)
+                               train_settings, threshold_settings, on_epoch=hook, trim_fraction=trim)
             weights, meta = fitted.to_artifact()
         except (TrainingError, TrainingAborted, ValueError, KeyError, RuntimeError) as exc:
             message = f"{exc.__class__.__name__}: {exc}"

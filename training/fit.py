@@ -211,8 +211,24 @@ def fit_model(
     train: TrainSettings = TrainSettings(),  # noqa: B008
     threshold: ThresholdSettings = ThresholdSettings(),
     on_epoch: Callable[[EpochStats], None] | None = None,
+    trim_fraction: float = 0.0,
 ) -> FittedModel:
-    """Fit preprocessing on `frame`, train the autoencoder, fit the threshold on validation scores."""
+    """Fit preprocessing on `frame`, train the autoencoder, fit the threshold on validation scores.
+
+    With `trim_fraction` > 0 the window is screened first: a model is fitted on all of it, the
+    `trim_fraction` highest-scoring rows (the likely incidents of a window no model has screened
+    yet) are dropped, and the model is fitted again, from scratch, on the rest.
+    """
+    if not 0.0 <= trim_fraction < 0.5:
+        raise ValueError(f"trim_fraction must be in [0, 0.5), got {trim_fraction!r}")
+    if trim_fraction > 0.0:
+        screen = fit_model(frame, schema, model, train, threshold, on_epoch)
+        scores = screen.score(frame).scores
+        keep = scores <= np.quantile(scores, 1.0 - trim_fraction)
+        fitted = fit_model(frame[keep].reset_index(drop=True), schema, model, train, threshold, on_epoch)
+        fitted.report["trimmed_rows"] = int(len(frame) - int(keep.sum()))
+        fitted.report["n_rows_before_trim"] = len(frame)
+        return fitted
     if len(frame) < min_rows_for(0):
         raise InsufficientDataError(len(frame), min_rows_for(0))
     bce = train.loss == "bce"

@@ -211,3 +211,28 @@ def test_from_artifact_refuses_a_spec_that_does_not_fit_the_preprocessor(mixed_m
     meta["spec"] = {**meta["spec"], "n_inputs": meta["spec"]["n_inputs"] + 1}
     with pytest.raises(ArtifactError, match="n_inputs"):
         FittedModel.from_artifact(weights, meta)
+
+
+def test_trim_fraction_drops_the_highest_scoring_rows_and_refits() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from training.fit import fit_model
+    from training.loop import TrainSettings
+    from training.schema import Feature, Schema
+
+    rng = np.random.default_rng(0)
+    n = 1000
+    a = rng.normal(size=n)
+    frame = pd.DataFrame({"x": a, "y": 2 * a + rng.normal(0, 0.05, n)})
+    frame.loc[:19, "y"] = -3 * frame.loc[:19, "x"] + 8.0          # 2 % contamination: broken relation
+    schema = Schema((Feature("x", "numeric"), Feature("y", "numeric")))
+    settings = TrainSettings(epochs=40, patience=5, seed=0, device="cpu")
+    plain = fit_model(frame, schema, train=settings)
+    trimmed = fit_model(frame, schema, train=settings, trim_fraction=0.03)
+    assert trimmed.report["trimmed_rows"] == 30
+    assert trimmed.report["n_rows"] == 970
+    # the contaminating rows are not learnt as normal: they score far above the cleaner threshold
+    bad = trimmed.score(frame.iloc[:20])
+    assert bad.is_outlier.mean() >= 0.9
+    assert trimmed.threshold.value < plain.threshold.value
