@@ -35,6 +35,24 @@ def _is_missing(value: Any) -> bool:
     return value is None or value is pd.NaT or (isinstance(value, float) and value != value)
 
 
+_CSV_BOOLS = {"True": True, "TRUE": True, "true": True, "False": False, "FALSE": False, "false": False}
+
+
+def _csv_value(value: Any) -> Any:
+    """A CSV cell pandas left as text because one other cell of its column is not a number
+    (or not a boolean): convert it as pandas would have, so only the bad cell's record is refused."""
+    if not isinstance(value, str):
+        return value
+    if value in _CSV_BOOLS:
+        return _CSV_BOOLS[value]
+    for parse in (int, float):
+        try:
+            return parse(value)
+        except ValueError:
+            pass
+    return value
+
+
 def read_records(path: Path, fmt: str = "auto") -> list[Any]:
     """All records of a CSV, Parquet or NDJSON file; IngestError when the file cannot be read."""
     kind = fmt if fmt != "auto" else _SUFFIX_FORMAT.get(path.suffix.lower())
@@ -42,7 +60,7 @@ def read_records(path: Path, fmt: str = "auto") -> list[Any]:
         raise IngestError("unreadable_file", f"file {path.name}: unknown format (use .csv, .parquet or .ndjson)")
     try:
         if kind == "csv":
-            return _frame_records(pd.read_csv(path))
+            return [{k: _csv_value(v) for k, v in row.items()} for row in _frame_records(pd.read_csv(path))]
         if kind == "parquet":
             return _frame_records(pd.read_parquet(path))
         return parse_json_body(path.read_bytes(), "application/x-ndjson")
