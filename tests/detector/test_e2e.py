@@ -1,0 +1,358 @@
+"""The whole loop through a real daemon process: `vigil run` with uvicorn, real HTTP, SQLite, training, scoring."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+# recent times: the retention job deletes scored, unflagged records older than 7 days (by record time)
+START = (datetime.now(UTC) - timedelta(days=1)).replace(second=0, microsecond=0)
+REGIONS = ("eu-west", "us-east", "ap-south")
+N_NORMAL = 600
+N_INJECTED = 10
+
+CONFIG = """
+[daemon]
+state_dir = "state"
+torch_threads = 1
+log_level = "info"
+
+[http]
+host = "127.0.0.1"
+port = {port}
+
+[detectors.web]
+source = {{ type = "http" }}
+key_field = "host"
+
+[detectors.web.features]
+load = "numeric"
+cpu = "numeric"
+latency = "numeric"
+region = "categorical"
+healthy = {{ kind = "boolean", optional = true }}
+
+[detectors.web.model]
+hidden = [16]
+latent = 2
+epochs = {epochs}
+batch_size = 64
+patience = {patience}
+seed = 0
+device = "cpu"
+
+[detectors.web.threshold]
+target_fpr = 0.01
+
+[detectors.web.training]
+window = "30d"
+min_records = 300
+max_records = 5000
+
+[detectors.web.scoring]
+interval = "1s"
+batch_size = 500
+"""
+
+
+def normal_records(n: int, seed: int, start: datetime) -> list[dict[str, Any]]:
+    """cpu and latency follow load; `kind` is an extra field the model does not see."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        load = float(rng.uniform(0.2, 1.0))
+        out.append({
+            "ts": (start + timedelta(minutes=i)).isoformat(), "host": f"web-{i % 4}", "load": round(load, 4),
+            "cpu": round(10 + 70 * load + float(rng.normal(0, 2)), 3),
+            "latency": round(40 + 120 * load + float(rng.normal(0, 4)), 3),
+            "region": REGIONS[i % 3], "healthy": True, "kind": "normal",
+        })
+    return out
+
+
+def injected_records(n: int, start: datetime) -> list[dict[str, Any]]:
+    """CPU pegged and latency ten times the normal at low load."""
+    return [
+        {"ts": (start + timedelta(minutes=i)).isoformat(), "host": f"web-{i % 4}", "load": 0.3, "cpu": 99.0,
+         "latency": 1500.0 + 10 * i, "region": REGIONS[i % 3], "healthy": False, "kind": "injected"}
+        for i in range(n)
+    ]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
+class Daemon:
+    """`python -m detector.cli run` in a subprocess; stdout (JSON logs) goes to a file per start."""
+
+    def __init__(self, tmp_path: Path, epochs: int = 30, patience: int = 5) -> None:
+        self.dir = tmp_path
+        self.port = free_port()
+        self.config = tmp_path / "config.toml"
+        text = CONFIG.format(port=self.port, epochs=epochs, patience=patience)
+        self.config.write_text(textwrap.dedent(text), encoding="utf-8")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.db = tmp_path / "state" / "vigil.db"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.http = httpx2.Client(base_url=self.url, timeout=30)
+
+    @property
+    def log(self) -> Path:
+        return self.dir / f"daemon-{self.starts}.log"
+
+    def start(self, timeout: float = 60) -> None:
+        self.starts += 1
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
+        env.pop("VIGIL_CONFIG", None)
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "detector.cli", "run", "--config", str(self.config), "--log-format", "json"],
+                stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        self.wait_for(self._healthy, timeout, "/healthz to answer")
+
+    def _healthy(self) -> bool:
+        try:
+            return self.http.get("/healthz").status_code == 200
+        except httpx2.TransportError:
+            return False
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                pytest.fail(f"daemon exited with {self.proc.returncode} while waiting for {what}:\n{self.tail()}")
+            if condition():
+                return
+            time.sleep(0.2)
+        pytest.fail(f"timed out after {timeout} s waiting for {what}:\n{self.tail()}")
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+
+    @property
+    def token(self) -> str:
+        return (self.dir / "state" / "api-token").read_text(encoding="utf-8").strip()
+
+    def post(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        response = self.http.post("/v1/detectors/web/records", json=records,
+                                  headers={"Authorization": f"Bearer {self.token}"})
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = self.http.get("/v1/status").json()["detectors"]["web"]
+        return status
+
+    def metrics(self) -> str:
+        return self.http.get("/metrics").text
+
+    def settled(self) -> bool:
+        """A model is active and nothing is left to score."""
+        status = self.status()
+        return status["model"] is not None and status["records"]["pending"] == 0
+
+    def terminate(self, timeout: float = 15) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"daemon still running {timeout} s after SIGTERM:\n{self.tail()}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=15)
+
+    def close(self) -> None:
+        self.http.close()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=15)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path)
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Read the daemon's SQLite file directly (read-only), not through our code."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def _post_in_batches(daemon: Daemon, records: list[dict[str, Any]], size: int = 100) -> int:
+    accepted = 0
+    for i in range(0, len(records), size):
+        body = daemon.post(records[i:i + size])
+        assert body["rejected"] == []
+        accepted += body["accepted"]
+    return accepted
+
+
+def test_daemon_learns_flags_and_explains_injected_anomalies(daemon: Daemon) -> None:
+    daemon.start()
+    assert _post_in_batches(daemon, normal_records(N_NORMAL, seed=1, start=START)) == N_NORMAL
+    # the score job trains the first model by itself once min_records=300 are in
+    daemon.wait_for(daemon.settled, 90, "the first model and every record scored")
+    later = START + timedelta(minutes=N_NORMAL)
+    assert daemon.post(injected_records(N_INJECTED, later))["accepted"] == N_INJECTED
+    daemon.wait_for(lambda: daemon.status()["records"]["pending"] == 0, 90, "the injected records to be scored")
+
+    status = daemon.status()
+    assert status["model"]["version"] == 1
+    assert status["last_training"]["result"] == "success"
+    assert status["last_training"]["trigger"] == "first"
+    assert status["records"]["scored"] == N_NORMAL + N_INJECTED
+
+    rows = query(daemon.db, "SELECT fields, score, threshold FROM outliers WHERE detector = 'web'")
+    kinds = [json.loads(fields)["kind"] for fields, _, _ in rows]
+    flagged_injected = kinds.count("injected")
+    flagged_normal = kinds.count("normal")
+    print(f"e2e: {flagged_injected}/{N_INJECTED} injected flagged, {flagged_normal}/{N_NORMAL} normal flagged")
+    assert flagged_injected >= 8
+    assert flagged_normal <= 0.03 * N_NORMAL
+    assert all(score > threshold for _, score, threshold in rows)
+    [(n_records,)] = query(daemon.db, "SELECT count(*) FROM records WHERE detector = 'web'")
+    assert n_records == N_NORMAL + N_INJECTED
+    [(n_flagged,)] = query(daemon.db, "SELECT count(*) FROM records WHERE detector = 'web' AND is_outlier")
+    assert n_flagged == len(rows)
+    assert status["outliers"] == len(rows)
+
+    text = daemon.metrics()
+    assert metric(text, "vigil_outliers_total", detector="web") == len(rows)
+    assert metric(text, "vigil_records_scored_total", detector="web") == N_NORMAL + N_INJECTED
+    assert metric(text, "vigil_records_ingested_total", detector="web", source="http") == N_NORMAL + N_INJECTED
+    assert metric(text, "vigil_model_info", detector="web", version="1") == 1.0
+    assert metric(text, "vigil_training_runs_total", detector="web", result="success") == 1.0
+    assert metric(text, "vigil_records", detector="web", state="pending") == 0.0
+    assert metric(text, "process_resident_memory_bytes") is not None   # process collectors are on
+
+    api_outliers = daemon.http.get("/v1/outliers", params={"limit": 1000}).json()["outliers"]
+    assert len(api_outliers) == len(rows)
+    injected = [o for o in api_outliers if o["fields"]["kind"] == "injected"]
+    assert all(o["contributions"][0]["feature"] in ("cpu", "latency") for o in injected)
+
+    assert daemon.terminate() == 0
+    lines = [line for line in daemon.log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines]            # every line is one JSON object
+    messages = [e["msg"] for e in events]
+    assert {"daemon started", "training finished", "scored", "daemon stopped"} <= set(messages)
+    assert all({"ts", "level", "logger", "msg"} <= set(e) for e in events)
+    trained = next(e for e in events if e["logger"] == "detector.trainer" and e["msg"] == "training finished")
+    assert trained["detector"] == "web" and trained["version"] == 1
+
+
+def test_restart_after_sigkill_keeps_records_and_model(daemon: Daemon) -> None:
+    daemon.start()
+    _post_in_batches(daemon, normal_records(N_NORMAL, seed=2, start=START))
+    daemon.wait_for(daemon.settled, 90, "the first model and every record scored")
+
+    # accepted records must survive a crash that follows the 200 at once
+    later = START + timedelta(minutes=N_NORMAL)
+    extra = normal_records(300, seed=3, start=later) + injected_records(3, later + timedelta(minutes=300))
+    assert daemon.post(extra)["accepted"] == len(extra)
+    daemon.kill()
+    assert daemon.proc is not None and daemon.proc.returncode == -signal.SIGKILL
+    [(total,)] = query(daemon.db, "SELECT count(*) FROM records WHERE detector = 'web'")
+    assert total == N_NORMAL + len(extra)
+    [(pending,)] = query(daemon.db, "SELECT count(*) FROM records WHERE detector = 'web' AND state = 'pending'")
+    assert pending > 0, "the kill came after the next score run; nothing was left pending"
+    assert query(daemon.db, "SELECT version, status FROM model_versions WHERE detector = 'web'") == [(1, "active")]
+
+    daemon.start()
+    text = daemon.metrics()                                      # straight after start, before any training
+    assert metric(text, "vigil_model_info", detector="web", version="1") == 1.0
+    assert metric(text, "vigil_threshold", detector="web") is not None
+    status = daemon.status()
+    assert status["model"]["version"] == 1
+    assert status["records"]["pending"] + status["records"]["scored"] == N_NORMAL + len(extra)
+
+    daemon.wait_for(lambda: daemon.status()["records"]["pending"] == 0, 60, "the records left pending to be scored")
+    status = daemon.status()
+    assert status["records"]["scored"] == N_NORMAL + len(extra)
+    assert status["model"]["version"] == 1
+    assert query(daemon.db, "SELECT version, status FROM model_versions WHERE detector = 'web'") == [(1, "active")]
+    [(unscored_model,)] = query(
+        daemon.db, "SELECT count(*) FROM records WHERE detector = 'web' AND model_version_id IS NULL")
+    assert unscored_model == 0
+    rows = query(daemon.db, "SELECT fields FROM outliers WHERE detector = 'web'")
+    assert sum(json.loads(f)["kind"] == "injected" for (f,) in rows) >= 2
+    text = daemon.metrics()
+    assert metric(text, "vigil_records_scored_total", detector="web") == pending
+    assert metric(text, "vigil_training_runs_total", detector="web", result="success") is None
+    assert metric(text, "vigil_model_info", detector="web", version="1") == 1.0
+    assert daemon.http.get("/v1/models").json()["models"][0]["version"] == 1
+
+    assert daemon.terminate() == 0
+    [(total_after,)] = query(daemon.db, "SELECT count(*) FROM records WHERE detector = 'web'")
+    assert total_after == N_NORMAL + len(extra)
+
+
+def test_sigterm_during_training_stops_promptly(tmp_path: Path) -> None:
+    """A stop in the middle of a (very long) training run aborts it at the next epoch and exits 0."""
+    daemon = Daemon(tmp_path, epochs=1_000_000, patience=1_000_000)
+    try:
+        daemon.start()
+        _post_in_batches(daemon, normal_records(N_NORMAL, seed=4, start=START))
+
+        def training() -> bool:
+            return query(daemon.db, "SELECT result FROM training_runs WHERE detector = 'web'") == [("running",)]
+
+        daemon.wait_for(training, 60, "the first training run to start")
+        time.sleep(1.0)                                           # well inside the epochs
+        stopped = time.monotonic()
+        assert daemon.terminate(timeout=15) == 0
+        print(f"e2e: stopped {time.monotonic() - stopped:.1f} s after SIGTERM during training")
+        [(result, message)] = query(daemon.db, "SELECT result, message FROM training_runs WHERE detector = 'web'")
+        assert result == "failed"
+        assert "stopping" in message
+        assert query(daemon.db, "SELECT count(*) FROM model_versions") == [(0,)]
+        [(total,)] = query(daemon.db, "SELECT count(*) FROM records WHERE detector = 'web'")
+        assert total == N_NORMAL
+    finally:
+        daemon.close()
