@@ -89,12 +89,12 @@ def status(config_path: Path, as_json: bool) -> None:
     """Per detector: records by state, outliers, active model, last training run."""
     from prometheus_client import CollectorRegistry
 
-    from detector.daemon import open_repository
     from detector.metrics import Metrics
     from detector.service import Vigil
+    from detector.store.db import open_repository
 
     config = _load(config_path)
-    vigil = Vigil(config, open_repository(config), Metrics(CollectorRegistry()))
+    vigil = Vigil(config, open_repository(config.store_url), Metrics(CollectorRegistry()))
     report = vigil.status()
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -118,16 +118,16 @@ def train(detector: str, config_path: Path) -> None:
     """Train DETECTOR now on its current window and make the model active."""
     from prometheus_client import CollectorRegistry
 
-    from detector.daemon import open_repository
     from detector.logs import setup_logging
     from detector.metrics import Metrics
     from detector.service import Vigil
+    from detector.store.db import open_repository
     from detector.trainer import Trainer
 
     config = _load(config_path)
     setup_logging("warning", "text")
     _prepare_torch(config.daemon.torch_threads)
-    vigil = Vigil(config, open_repository(config), Metrics(CollectorRegistry()))
+    vigil = Vigil(config, open_repository(config.store_url), Metrics(CollectorRegistry()))
     det = vigil.detector(detector)
     with click.progressbar(length=det.model.epochs, label=f"training {detector}",
                            show_pos=True, file=sys.stderr) as bar:
@@ -179,12 +179,12 @@ def outliers() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
 def outliers_list(config_path: Path, detector: str | None, limit: int, as_json: bool) -> None:
     """Newest outliers: time, key, score against threshold, and the top contributing features."""
-    from detector.daemon import open_repository
+    from detector.store.db import open_repository
 
     config = _load(config_path)
     if detector and detector not in config.detectors:
         raise click.BadParameter(f"unknown detector {detector!r}", param_hint="--detector")
-    rows = open_repository(config).list_outliers(detector, None, limit)
+    rows = open_repository(config.store_url).list_outliers(detector, None, limit)
     if as_json:
         for o in rows:
             click.echo(json.dumps({"id": o.id, "detector": o.detector, "ts": o.ts.isoformat(), "key": o.key,
@@ -216,10 +216,10 @@ def models() -> None:
 @click.option("--detector", "-d", help="Only this detector.")
 def models_list(config_path: Path, detector: str | None) -> None:
     """Model versions with status, threshold, window size and validation loss."""
-    from detector.daemon import open_repository
+    from detector.store.db import open_repository
 
     config = _load(config_path)
-    rows = open_repository(config).list_models(detector)
+    rows = open_repository(config.store_url).list_models(detector)
     table = [[m.detector, f"v{m.version}", m.status, m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
               f"{m.threshold:.4g}", m.n_records, m.meta.get("report", {}).get("val_loss"),
               m.meta.get("report", {}).get("device")] for m in rows]

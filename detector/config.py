@@ -270,10 +270,9 @@ def _key_path(loc: tuple[int | str, ...], raw: Any, missing: bool) -> str:
     `type` tag such as "http", or "FeatureConfig") are not keys of the input and are skipped."""
     keys, node = [], raw
     for i, part in enumerate(loc):
-        if isinstance(node, dict) and part in node:
-            keys.append(str(part))
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_dict or in_list:
             keys.append(str(part))
             node = node[part]
         elif missing and i == len(loc) - 1:

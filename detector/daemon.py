@@ -24,11 +24,10 @@ from detector.service import Vigil
 from detector.sources.base import PullSource
 from detector.sources.demo import DemoSource
 from detector.sources.files import FileSource
-from detector.store.db import open_engine, session_factory, upgrade
-from detector.store.repository import Repository
+from detector.store.db import open_repository
 from detector.trainer import Trainer
 
-__all__ = ["Runtime", "build_runtime", "ensure_token", "open_repository"]
+__all__ = ["Runtime", "build_runtime", "ensure_token"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +49,6 @@ def ensure_token(path: Path) -> str:
         fh.write(token + "\n")
     logger.info("API token created", extra={"path": str(path)})
     return token
-
-
-def open_repository(config: Config, migrate: bool = True) -> Repository:
-    engine = open_engine(config.store_url)
-    if migrate:
-        upgrade(engine)
-    return Repository(session_factory(engine))
 
 
 def build_sources(vigil: Vigil) -> list[PullSource]:
@@ -138,7 +130,7 @@ def build_runtime(config: Config, registry: CollectorRegistry | None = None,
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
-    repo = open_repository(config)
+    repo = open_repository(config.store_url)
     metrics = Metrics(registry)
     vigil = Vigil(config, repo, metrics)
     registry.register(StoreCollector(repo.count_by_state, lambda: list(config.detectors)))

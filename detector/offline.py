@@ -8,11 +8,11 @@ from pathlib import Path
 import pandas as pd
 
 from detector.config import Config
-from detector.daemon import open_repository
 from detector.errors import IngestError, UnknownDetectorError, VigilError
 from detector.frames import records_frame
 from detector.records import RecordValidator, Rejection
 from detector.sources.files import read_records
+from detector.store.db import open_repository
 from detector.store.repository import PendingRecord
 from training.fit import FittedModel
 
@@ -26,7 +26,7 @@ def score_file(config: Config, detector: str, path: Path) -> tuple[pd.DataFrame,
     if detector not in config.detectors:
         raise UnknownDetectorError(detector, list(config.detectors))
     det = config.detectors[detector]
-    active = open_repository(config).active_model(detector)
+    active = open_repository(config.store_url).active_model(detector)
     if active is None or active.weights is None:
         raise VigilError(f"detector {detector!r} has no active model yet; run `vigil train {detector}`")
     model = FittedModel.from_artifact(active.weights, active.meta)

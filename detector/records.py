@@ -136,6 +136,8 @@ def _check_value(feature: Feature, value: Any) -> Any:
         return value
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
+    if isinstance(value, float) and value.is_integer():   # an integer column with gaps, read as floats
+        return str(int(value))
     raise _Invalid(feature.name, "wrong_type", f"expected a category (string), got {_describe(value)}")
 
 

@@ -60,12 +60,16 @@ def read_records(path: Path, fmt: str = "auto") -> list[Any]:
         raise IngestError("unreadable_file", f"file {path.name}: unknown format (use .csv, .parquet or .ndjson)")
     try:
         if kind == "csv":
-            return [{k: _csv_value(v) for k, v in row.items()} for row in _frame_records(pd.read_csv(path))]
+            frame = pd.read_csv(path, keep_default_na=False, na_values=[""])   # only empty cells are missing
+            return [{k: _csv_value(v) for k, v in row.items()} for row in _frame_records(frame)]
         if kind == "parquet":
             return _frame_records(pd.read_parquet(path))
-        return parse_json_body(path.read_bytes(), "application/x-ndjson")
+        # .ndjson/.jsonl are read line by line; .json may also hold one array or object
+        return parse_json_body(path.read_bytes(), "application/json" if path.suffix.lower() == ".json"
+                               else "application/x-ndjson")
     except Exception as exc:  # pandas, pyarrow and the OS each raise their own classes for a bad file
-        raise IngestError("unreadable_file", f"file {path.name}: cannot read as {kind}: {exc}") from exc
+        problem = str(exc).strip().replace("\n", " ")
+        raise IngestError("unreadable_file", f"file {path.name}: cannot read as {kind}: {problem}") from exc
 
 
 def _digest(path: Path) -> str:

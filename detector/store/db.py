@@ -15,8 +15,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from detector.errors import StorageError
+from detector.store.repository import Repository
 
-__all__ = ["current_revision", "head_revision", "open_engine", "session_factory", "upgrade"]
+__all__ = ["current_revision", "head_revision", "open_engine", "open_repository", "session_factory", "upgrade"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,14 @@ def head_revision() -> str:
 def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
+
+
+def open_repository(url: str, migrate: bool = True) -> Repository:
+    """A repository on the store at `url`, its schema brought up to date first (unless told not to)."""
+    engine = open_engine(url)
+    if migrate:
+        upgrade(engine)
+    return Repository(session_factory(engine))
 
 
 def upgrade(engine: Engine) -> str:

@@ -370,9 +370,14 @@ class Repository:
 
     # -- retention ---------------------------------------------------------------------------
     def purge(self, records_before: datetime, rejects_before: datetime) -> tuple[int, int]:
-        """Delete scored, unflagged records and rejects older than the cut-offs; outliers stay."""
+        """Delete scored, unflagged records and rejects older than the cut-offs; outliers stay.
+
+        A record is old when both its time and its arrival are before the cut-off, so history
+        imported with old timestamps is kept for the retention period after it arrived.
+        """
         with self._tx("retention") as session:
             records = session.execute(delete(RecordRow).where(
-                RecordRow.state == "scored", RecordRow.is_outlier.is_(False), RecordRow.ts < records_before))
+                RecordRow.state == "scored", RecordRow.is_outlier.is_(False), RecordRow.ts < records_before,
+                RecordRow.ingested_at < records_before))
             rejects = session.execute(delete(RejectRow).where(RejectRow.received_at < rejects_before))
             return int(records.rowcount or 0), int(rejects.rowcount or 0)  # type: ignore[attr-defined]
