@@ -40,12 +40,12 @@ run: install
 	$(BIN)/vigil run --config $(CONFIG)
 
 test: install-test
-	$(BIN)/ruff check detector training tests bench
+	$(BIN)/ruff check detector training tests $(wildcard bench)
 	$(BIN)/mypy detector training
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install-test
-	$(BIN)/ruff check detector training tests bench
+	$(BIN)/ruff check detector training tests $(wildcard bench)
 	$(BIN)/mypy detector training
 
 clean:
