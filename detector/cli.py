@@ -46,6 +46,11 @@ def _prepare_torch(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def _short(value: Any) -> str:
+    """A value for a table cell: floats to 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
@@ -195,7 +200,7 @@ def outliers_list(config_path: Path, detector: str | None, limit: int, as_json: 
     table = []
     for o in rows:
         top = ", ".join(
-            f"{c['feature']}={c['actual']} (exp {c['expected']})" for c in o.contributions[:3])
+            f"{c['feature']}={_short(c['actual'])} (exp {_short(c['expected'])})" for c in o.contributions[:3])
         table.append([o.id, o.detector, o.ts.strftime("%Y-%m-%d %H:%M:%S"), o.key,
                       f"{o.score / o.threshold:.1f}x" if o.threshold else o.score, f"v{o.model_version}",
                       o.fields.get("incident", "") if "incident" in o.fields else "", top])
