@@ -11,7 +11,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
-__all__ = ["Activation", "AutoencoderSpec", "DenseAutoencoder"]
+__all__ = ["Activation", "AutoencoderSpec", "DenseAutoencoder", "count_parameters"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,3 +124,11 @@ class DenseAutoencoder(nn.Module):
         """Reconstructions [n, n_inputs] of inputs [n, n_inputs]."""
         out = self.logits(x)
         return torch.sigmoid(out) if self.spec.output == "sigmoid" else out
+
+
+def count_parameters(spec: AutoencoderSpec) -> int:
+    """Trainable parameters (weights and biases) of the autoencoder `spec` describes."""
+    sizes = [spec.n_inputs, *spec.hidden, spec.latent]
+    encoder = sum(a * b + b for a, b in itertools.pairwise(sizes))
+    decoder = sum(a * b + b for a, b in itertools.pairwise(sizes[::-1]))
+    return encoder + decoder
