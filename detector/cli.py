@@ -4,60 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from detector import __version__
-from detector.config import Config, load_config
+from detector.cli_common import config_option, load, prepare_torch, short, table
+from detector.cli_data import check_data, models_show
 from detector.errors import ConfigError, VigilError
 
 __all__ = ["main"]
 
 logger = logging.getLogger(__name__)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def config_option(func: F) -> F:
-    option = click.option("--config", "config_path", type=click.Path(path_type=Path),
-                          default=Path("config.toml"), show_default=True, envvar="VIGIL_CONFIG",
-                          help="Configuration file.")
-    return option(func)
-
-
-def _load(path: Path) -> Config:
-    from detector.scheduler import check_schedules
-
-    config = load_config(path)
-    check_schedules(config, str(path))
-    return config
-
-
-def _prepare_torch(threads: int) -> None:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import torch
-
-    if threads > 0:
-        torch.set_num_threads(threads)
-
-
-def _short(value: Any) -> str:
-    """A value for a table cell: floats to 4 significant digits."""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="vigil")
@@ -77,9 +38,9 @@ def run(config_path: Path, log_format: str) -> None:
     """Run the daemon: sources, scoring, training, and the HTTP API."""
     from detector.logs import setup_logging
 
-    config = _load(config_path)
+    config = load(config_path)
     setup_logging(config.daemon.log_level, log_format)
-    _prepare_torch(config.daemon.torch_threads)
+    prepare_torch(config.daemon.torch_threads)
     from detector.daemon import build_runtime
     from detector.server import serve
 
@@ -98,7 +59,7 @@ def status(config_path: Path, as_json: bool) -> None:
     from detector.service import Vigil
     from detector.store.db import open_repository
 
-    config = _load(config_path)
+    config = load(config_path)
     vigil = Vigil(config, open_repository(config.store_url), Metrics(CollectorRegistry()))
     report = vigil.status()
     if as_json:
@@ -112,7 +73,7 @@ def status(config_path: Path, as_json: bool) -> None:
             d["outliers"], f"v{model['version']} ({model['trained_at'][:19]})" if model else "none",
             f"{run_['result']} {run_['started_at'][:19]}" if run_ else "never",
         ])
-    click.echo(_table(["detector", "source", "pending", "scored", "rejected", "outliers", "model",
+    click.echo(table(["detector", "source", "pending", "scored", "rejected", "outliers", "model",
                        "last training"], rows))
 
 
@@ -129,9 +90,9 @@ def train(detector: str, config_path: Path) -> None:
     from detector.store.db import open_repository
     from detector.trainer import Trainer
 
-    config = _load(config_path)
-    setup_logging("warning", "text")
-    _prepare_torch(config.daemon.torch_threads)
+    config = load(config_path)
+    setup_logging("warning", "text", sys.stderr)
+    prepare_torch(config.daemon.torch_threads)
     vigil = Vigil(config, open_repository(config.store_url), Metrics(CollectorRegistry()))
     det = vigil.detector(detector)
     with click.progressbar(length=det.model.epochs, label=f"training {detector}",
@@ -159,8 +120,8 @@ def score(file: Path, detector: str, fmt: str, output: Path | None, outliers_onl
     """Score FILE (CSV, Parquet or NDJSON) offline with the active model of a detector."""
     from detector.offline import score_file
 
-    config = _load(config_path)
-    _prepare_torch(config.daemon.torch_threads)
+    config = load(config_path)
+    prepare_torch(config.daemon.torch_threads)
     frame, summary = score_file(config, detector, file)
     if outliers_only:
         frame = frame[frame["is_outlier"]]
@@ -186,7 +147,7 @@ def outliers_list(config_path: Path, detector: str | None, limit: int, as_json: 
     """Newest outliers: time, key, score against threshold, and the top contributing features."""
     from detector.store.db import open_repository
 
-    config = _load(config_path)
+    config = load(config_path)
     if detector and detector not in config.detectors:
         raise click.BadParameter(f"unknown detector {detector!r}", param_hint="--detector")
     rows = open_repository(config.store_url).list_outliers(detector, None, limit)
@@ -197,18 +158,18 @@ def outliers_list(config_path: Path, detector: str | None, limit: int, as_json: 
                                    "model_version": o.model_version, "contributions": o.contributions,
                                    "expected": o.expected, "fields": o.fields}))
         return
-    table = []
+    cells = []
     for o in rows:
         top = ", ".join(
-            f"{c['feature']}={_short(c['actual'])} (exp {_short(c['expected'])})" for c in o.contributions[:3])
-        table.append([o.id, o.detector, o.ts.strftime("%Y-%m-%d %H:%M:%S"), o.key,
+            f"{c['feature']}={short(c['actual'])} (exp {short(c['expected'])})" for c in o.contributions[:3])
+        cells.append([o.id, o.detector, o.ts.strftime("%Y-%m-%d %H:%M:%S"), o.key,
                       f"{o.score / o.threshold:.1f}x" if o.threshold else o.score, f"v{o.model_version}",
                       o.fields.get("incident", "") if "incident" in o.fields else "", top])
     headers = ["id", "detector", "ts", "key", "score/thr", "model", "incident", "top features"]
-    if not any(r[6] for r in table):
+    if not any(r[6] for r in cells):
         headers.pop(6)
-        table = [r[:6] + r[7:] for r in table]
-    click.echo(_table(headers, table) if table else "no outliers yet")
+        cells = [r[:6] + r[7:] for r in cells]
+    click.echo(table(headers, cells) if cells else "no outliers yet")
 
 
 @cli.group()
@@ -223,13 +184,17 @@ def models_list(config_path: Path, detector: str | None) -> None:
     """Model versions with status, threshold, window size and validation loss."""
     from detector.store.db import open_repository
 
-    config = _load(config_path)
+    config = load(config_path)
     rows = open_repository(config.store_url).list_models(detector)
-    table = [[m.detector, f"v{m.version}", m.status, m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+    cells = [[m.detector, f"v{m.version}", m.status, m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
               f"{m.threshold:.4g}", m.n_records, m.meta.get("report", {}).get("val_loss"),
               m.meta.get("report", {}).get("device")] for m in rows]
-    click.echo(_table(["detector", "version", "status", "trained", "threshold", "records", "val loss",
-                       "device"], table) if table else "no models yet")
+    click.echo(table(["detector", "version", "status", "trained", "threshold", "records", "val loss",
+                       "device"], cells) if cells else "no models yet")
+
+
+models.add_command(models_show)
+cli.add_command(check_data)
 
 
 @cli.group()
@@ -243,7 +208,7 @@ def db_upgrade(config_path: Path) -> None:
     """Apply pending schema migrations to the configured store."""
     from detector.store.db import open_engine, upgrade
 
-    config = _load(config_path)
+    config = load(config_path)
     revision = upgrade(open_engine(config.store_url))
     click.echo(f"database at revision {revision}")
 
@@ -257,7 +222,7 @@ def config_group() -> None:
 @config_option
 def config_check(config_path: Path) -> None:
     """Validate the configuration file without starting anything."""
-    config = _load(config_path)
+    config = load(config_path)
     names = ", ".join(f"{n} ({d.source.type})" for n, d in config.detectors.items()) or "none"
     click.echo(f"{config_path}: ok; detectors: {names}; store: {config.store_url}")
 

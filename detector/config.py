@@ -26,6 +26,7 @@ __all__ = [
     "DaemonConfig",
     "DemoSourceConfig",
     "DetectorConfig",
+    "DiversityConfig",
     "FileSourceConfig",
     "HttpConfig",
     "HttpSourceConfig",
@@ -192,6 +193,29 @@ class TrainingConfig(Section):
         return self
 
 
+class DiversityConfig(Section):
+    """The training-window checks: policy, history reference period and limits."""
+
+    policy: Literal["warn", "block"] = "warn"
+    reference: PositiveDuration = Field(default=30 * 86400.0)
+    reference_max_records: int = Field(default=50_000, gt=0)
+    min_rows_per_parameter: float = Field(default=1.0, ge=0)
+    max_duplicate_share: float = Field(default=0.2, ge=0, le=1)
+    min_distinct_share: float = Field(default=0.01, ge=0, le=1)
+    min_relative_spread: float = Field(default=1e-4, ge=0)
+    max_category_share: float = Field(default=0.98, gt=0, le=1)
+    min_components: int = Field(default=2, ge=1)
+    min_hour_coverage: float = Field(default=0.9, ge=0, le=1)
+    min_weekday_coverage: float = Field(default=0.9, ge=0, le=1)
+    max_gap_share: float = Field(default=0.25, gt=0, le=1)
+    min_range_ratio: float = Field(default=0.25, ge=0, le=1)
+    max_contamination_share: float = Field(default=0.1, ge=0, le=1)
+
+    def limits(self) -> dict[str, Any]:
+        """The limit fields, as keyword arguments for training.diversity.DiversityLimits."""
+        return self.model_dump(exclude={"policy", "reference", "reference_max_records"})
+
+
 class ScoringConfig(Section):
     interval: PositiveDuration = Field(default=5.0)
     batch_size: int = Field(default=5000, gt=0)
@@ -207,6 +231,7 @@ class DetectorConfig(Section):
     threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    diversity: DiversityConfig = Field(default_factory=DiversityConfig)
 
     @field_validator("features")
     @classmethod

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 __all__ = ["JsonFormatter", "TextFormatter", "setup_logging"]
 
@@ -43,10 +43,14 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def setup_logging(level: str = "info", fmt: str = "auto") -> None:
-    """Configure the root logger once; `fmt` is json, text, or auto (text on a terminal)."""
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
-    handler = logging.StreamHandler(sys.stdout)
+def setup_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    """Configure the root logger once; `fmt` is json, text, or auto (text on a terminal).
+
+    The daemon logs to stdout (journald); one-shot commands pass stderr so their output stays clean.
+    """
+    stream = stream or sys.stdout
+    use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

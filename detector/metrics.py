@@ -71,6 +71,14 @@ class Metrics:
             "vigil_scoring_batch_duration_seconds", "Wall time to score and store one batch.",
             ["detector"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=registry)
+        self.out_of_distribution = Counter(
+            "vigil_records_out_of_distribution_total",
+            "Scored records with a value unlike any in training, by kind (unseen_category, out_of_range).",
+            ["detector", "kind"], registry=registry)
+        self.diversity_failing = Gauge(
+            "vigil_training_data_check_failing",
+            "1 when a diversity check of the last training window did not pass (warn or fail), else 0.",
+            ["detector", "check"], registry=registry)
         self.errors = Counter(
             "vigil_errors_total", "Failures of a job or component, by component.",
             ["component"], registry=registry)

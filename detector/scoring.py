@@ -89,7 +89,7 @@ class Scorer:
                     "contributions": result.top_contributions(i, record.fields, top_k),
                     "expected": expected,
                 }
-            scored.append(ScoredRecord(record.id, score, outlier))
+            scored.append(ScoredRecord(record.id, score, outlier, result.out_of_distribution(i)))
         return scored
 
     def score(self, name: str, max_batches: int = 20) -> int:
@@ -111,6 +111,11 @@ class Scorer:
                 break
             threshold = active.model.threshold.value
             flagged = sum(1 for s in scored if s.outlier is not None)
+            for s in scored:
+                if s.ood is not None:
+                    for kind, features in s.ood.items():
+                        if features:
+                            metrics.out_of_distribution.labels(name, kind).inc()
             metrics.records_scored.labels(name).inc(len(scored))
             if flagged:
                 metrics.outliers.labels(name).inc(flagged)

@@ -95,6 +95,9 @@ class Vigil:
                     "finished_at": run.finished_at.isoformat() if run.finished_at else None,
                     "message": run.message, "model_version": run.model_version,
                     "duration_s": run.duration_s,
+                    "diversity": None if run.diversity is None else {
+                        "status": run.diversity.get("status"),
+                        "problems": [c for c in run.diversity.get("checks", []) if c.get("status") != "ok"]},
                 },
             }
         return {"detectors": detectors}

@@ -9,13 +9,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
+
 from detector.config import DetectorConfig
+from detector.errors import StorageError
 from detector.frames import records_frame
 from detector.service import Vigil
-from detector.store.repository import ModelVersion
+from detector.store.repository import ModelVersion, PendingRecord, Repository
+from training.diversity import CHECKS, DiversityLimits, DiversityReport, check_window
 from training.errors import TrainingError
 from training.fit import ModelSettings, ThresholdSettings, fit_model
 from training.loop import EpochStats, TrainSettings
+from training.model import AutoencoderSpec, count_parameters
+from training.preprocess import Preprocessor
 
 __all__ = ["Trainer", "TrainingAborted", "TrainingOutcome"]
 
@@ -28,9 +34,10 @@ class TrainingAborted(Exception):
 
 @dataclass(frozen=True, slots=True)
 class TrainingOutcome:
-    result: str                      # success, failed, skipped
+    result: str                      # success, failed, skipped, refused
     message: str
     model: ModelVersion | None = None
+    diversity: DiversityReport | None = None
 
 
 def _settings(det: DetectorConfig) -> tuple[ModelSettings, TrainSettings, ThresholdSettings]:
@@ -42,6 +49,28 @@ def _settings(det: DetectorConfig) -> tuple[ModelSettings, TrainSettings, Thresh
         device=m.device, max_seconds=m.max_train_time)
     threshold = ThresholdSettings(method=det.threshold.method, target_fpr=det.threshold.target_fpr)
     return model, train, threshold
+
+
+def diversity_report(repo: Repository, name: str, det: DetectorConfig, records: list[PendingRecord],
+                     frame: pd.DataFrame, since: datetime) -> DiversityReport:
+    """Check a detector's training window against its limits and its longer history."""
+    schema = det.feature_schema
+    latest, earliest = repo.latest_ts(name), repo.earliest_ts(name)
+    history = None
+    if latest is not None:
+        reference_since = latest - timedelta(seconds=det.diversity.reference)
+        history = records_frame(repo.training_window(name, reference_since, det.diversity.reference_max_records),
+                                schema)
+    available = (latest - earliest).total_seconds() if latest and earliest else None
+    span = det.training.window if available is None else min(det.training.window, available)
+    n_columns = Preprocessor.fit(frame, schema).n_columns if len(frame) else 0
+    n_parameters = count_parameters(AutoencoderSpec(n_inputs=max(n_columns, 1), hidden=tuple(det.model.hidden),
+                                                    latent=det.model.latent))
+    return check_window(
+        frame, schema, DiversityLimits(**det.diversity.limits()), n_parameters=n_parameters,
+        timestamps=pd.Series([r.ts for r in records], dtype="datetime64[ns, UTC]"),
+        keys=pd.Series([r.key for r in records], dtype=object), expected_span_s=span, history=history,
+        excluded=repo.count_flagged(name, since))
 
 
 class Trainer:
@@ -71,6 +100,27 @@ class Trainer:
         min_records = self._vigil.detector(name).training.min_records
         return since is not None and self._vigil.repo.count_window(name, since) >= min_records
 
+    def _check_window(self, name: str, det: DetectorConfig, records: list[PendingRecord], frame: pd.DataFrame,
+                      since: datetime) -> DiversityReport:
+        """The diversity report of a training window, published as logs and metrics."""
+        repo, metrics = self._vigil.repo, self._vigil.metrics
+        try:
+            report = diversity_report(repo, name, det, records, frame, since)
+        except StorageError:
+            raise
+        except Exception:   # a bug in a check must not stop training; it is logged and counted
+            logger.exception("diversity checks failed to run", extra={"detector": name})
+            metrics.errors.labels("training").inc()
+            return DiversityReport(())
+        failing = {c.check for c in report.problems}
+        for check_name in CHECKS:
+            metrics.diversity_failing.labels(name, check_name).set(1.0 if check_name in failing else 0.0)
+        for problem in report.problems:
+            logger.warning("training data check did not pass", extra={
+                "detector": name, "check": problem.check, "status": problem.status, "feature": problem.feature,
+                "value": problem.value, "limit": problem.limit, "advice": problem.message})
+        return report
+
     def train(self, name: str, trigger: str = "schedule",
               on_epoch: Callable[[EpochStats], None] | None = None) -> TrainingOutcome:
         with self._lock:
@@ -99,6 +149,18 @@ class Trainer:
             logger.info("training skipped", extra={"detector": name, "reason": message})
             return TrainingOutcome("skipped", message)
 
+        frame = records_frame(records, det.feature_schema)
+        report = self._check_window(name, det, records, frame, since)
+        if det.diversity.policy == "block" and report.status == "fail":
+            failing = [c for c in report.problems if c.status == "fail"]
+            message = "refused: the training window failed diversity checks: " + "; ".join(c.message for c in failing)
+            vigil.repo.finish_training_run(run_id, "refused", message, n_records=len(records),
+                                           duration_s=time.perf_counter() - started, diversity=report.to_dict())
+            metrics.training_runs.labels(name, "refused").inc()
+            logger.warning("training refused: the window failed diversity checks",
+                           extra={"detector": name, "checks": sorted({c.check for c in failing})})
+            return TrainingOutcome("refused", message, diversity=report)
+
         def hook(stats: EpochStats) -> None:
             if vigil.stopping.is_set():
                 raise TrainingAborted("the daemon is stopping")
@@ -110,13 +172,13 @@ class Trainer:
         first = vigil.repo.active_model_id(name) is None
         trim = det.training.first_window_trim if first else 0.0
         try:
-            fitted = fit_model(records_frame(records, det.feature_schema), det.feature_schema, model_settings,
+            fitted = fit_model(frame, det.feature_schema, model_settings,
                                train_settings, threshold_settings, on_epoch=hook, trim_fraction=trim)
             weights, meta = fitted.to_artifact()
         except (TrainingError, TrainingAborted, ValueError, KeyError, RuntimeError) as exc:
             message = f"{exc.__class__.__name__}: {exc}"
             vigil.repo.finish_training_run(run_id, "failed", message, n_records=len(records),
-                                           duration_s=time.perf_counter() - started)
+                                           duration_s=time.perf_counter() - started, diversity=report.to_dict())
             metrics.training_runs.labels(name, "failed").inc()
             metrics.errors.labels("training").inc()
             logger.error("training failed", extra={"detector": name, "error": message},
@@ -125,18 +187,19 @@ class Trainer:
 
         meta["window"] = {"start": records[0].ts.isoformat(), "end": records[-1].ts.isoformat(),
                           "records": len(records), "trigger": trigger}
+        meta["diversity"] = report.to_dict()
         version = vigil.repo.save_model(name, weights, meta, fitted.threshold.value, len(records),
                                         records[0].ts, records[-1].ts)
         duration = time.perf_counter() - started
-        report = fitted.report
+        fit_report = fitted.report
         vigil.repo.finish_training_run(
             run_id, "success", f"model version {version.version} active", n_records=len(records),
-            duration_s=duration, train_loss=report.get("train_loss"), val_loss=report.get("val_loss"),
-            model_version_id=version.id)
+            duration_s=duration, train_loss=fit_report.get("train_loss"), val_loss=fit_report.get("val_loss"),
+            model_version_id=version.id, diversity=report.to_dict())
         metrics.training_runs.labels(name, "success").inc()
         metrics.training_duration.labels(name).observe(duration)
-        metrics.training_loss.labels(name, "train").set(float(report.get("train_loss") or 0.0))
-        metrics.training_loss.labels(name, "validation").set(float(report.get("val_loss") or 0.0))
+        metrics.training_loss.labels(name, "train").set(float(fit_report.get("train_loss") or 0.0))
+        metrics.training_loss.labels(name, "validation").set(float(fit_report.get("val_loss") or 0.0))
         metrics.training_records.labels(name).set(len(records))
         metrics.training_last_success.labels(name).set(time.time())
         metrics.set_active_model(name, version.version, fitted.threshold.value,
@@ -144,5 +207,5 @@ class Trainer:
         logger.info("training finished", extra={
             "detector": name, "version": version.version, "records": len(records),
             "duration_s": round(duration, 2), "threshold": fitted.threshold.value,
-            "epochs": report.get("epochs_run")})
-        return TrainingOutcome("success", f"model version {version.version} active", version)
+            "epochs": fit_report.get("epochs_run"), "diversity": report.status})
+        return TrainingOutcome("success", f"model version {version.version} active", version, report)

@@ -46,6 +46,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+OUT_OF_RANGE_SPANS = 0.5   # a value beyond the training range by more than half its width is out of range
+
 
 @dataclass(frozen=True, slots=True)
 class ModelSettings:
@@ -92,6 +94,15 @@ class ScoreResult:
     expected: pd.DataFrame
     unseen: npt.NDArray[np.bool_]
     feature_names: list[str]
+    out_of_range: npt.NDArray[np.bool_] | None = None
+
+    def out_of_distribution(self, i: int) -> dict[str, list[str]] | None:
+        """Row i's features the model never saw values like: unseen categories, numbers far out of range."""
+        unseen = [self.feature_names[j] for j in np.flatnonzero(self.unseen[i])]
+        far = [] if self.out_of_range is None else [self.feature_names[j] for j in np.flatnonzero(self.out_of_range[i])]
+        if not unseen and not far:
+            return None
+        return {"unseen_category": unseen, "out_of_range": far}
 
     def top_contributions(self, i: int, actual: Mapping[str, Any], k: int = 5) -> list[dict[str, Any]]:
         """Up to k features of row i with the largest contributions, largest first, JSON-able.
@@ -126,6 +137,7 @@ class FittedModel:
         threshold: Threshold,
         network: DenseAutoencoder,
         report: dict[str, Any],
+        ranges: Mapping[str, tuple[float, float]] | None = None,
     ) -> None:
         self.schema = schema
         self.preprocessor = preprocessor
@@ -134,6 +146,7 @@ class FittedModel:
         self.threshold = threshold
         self.network = network.cpu().eval()
         self.report = report
+        self.ranges: dict[str, tuple[float, float]] = dict(ranges or {})
 
     def score(
         self, frame: pd.DataFrame, batch_size: int = 8192, device: str | torch.device = "cpu"
@@ -152,6 +165,7 @@ class FittedModel:
             columns = elem[:, self.preprocessor.feature_slices[name]]
             contributions[:, j] = columns.sum(axis=1, dtype=np.float64) / n_columns
         return ScoreResult(
+            out_of_range=self.out_of_range(frame),
             scores=scores,
             threshold=self.threshold.value,
             is_outlier=scores > self.threshold.value,
@@ -160,6 +174,19 @@ class FittedModel:
             unseen=self.preprocessor.unseen_mask(frame),
             feature_names=self.schema.names,
         )
+
+    def out_of_range(self, frame: pd.DataFrame) -> npt.NDArray[np.bool_]:
+        """[n, n_features]: numeric values more than OUT_OF_RANGE_SPANS training ranges beyond its edges."""
+        mask = np.zeros((len(frame), len(self.schema.features)), dtype=bool)
+        for j, name in enumerate(self.schema.names):
+            if name not in self.ranges:
+                continue
+            low, high = self.ranges[name]
+            margin = OUT_OF_RANGE_SPANS * max(high - low, abs(high) * 1e-6, 1e-12)
+            values = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64)
+            with np.errstate(invalid="ignore"):
+                mask[:, j] = (values < low - margin) | (values > high + margin)
+        return mask
 
     def to_artifact(self) -> tuple[bytes, dict[str, Any]]:
         """Safetensors bytes of the network weights, and JSON-able metadata for everything else."""
@@ -172,6 +199,7 @@ class FittedModel:
             "loss": self.loss,
             "threshold": self.threshold.to_dict(),
             "report": to_jsonable(self.report),
+            "ranges": {name: [float(lo), float(hi)] for name, (lo, hi) in self.ranges.items()},
         }
         return network_to_bytes(self.network), meta
 
@@ -201,7 +229,8 @@ class FittedModel:
         if (loss == "bce") != (spec.output == "sigmoid"):
             raise ArtifactError(f"loss {loss!r} does not fit a spec with output {spec.output!r}")
         network = network_from_bytes(weights, spec)
-        return cls(schema, preprocessor, spec, loss, threshold, network, dict(meta["report"]))
+        ranges = {str(k): (float(v[0]), float(v[1])) for k, v in dict(meta.get("ranges") or {}).items()}
+        return cls(schema, preprocessor, spec, loss, threshold, network, dict(meta["report"]), ranges)
 
 
 def fit_model(
@@ -247,7 +276,21 @@ def fit_model(
     outcome = train_autoencoder(preprocessor.transform(frame), spec, train, on_epoch)
     fitted_threshold = fit_quantile_threshold(outcome.val_errors, threshold.target_fpr)
     report = _report(outcome, fitted_threshold, model, train, threshold, n_rows=len(frame))
-    return FittedModel(schema, preprocessor, spec, train.loss, fitted_threshold, outcome.model, report)
+    return FittedModel(schema, preprocessor, spec, train.loss, fitted_threshold, outcome.model, report,
+                       _numeric_ranges(frame, schema))
+
+
+def _numeric_ranges(frame: pd.DataFrame, schema: Schema) -> dict[str, tuple[float, float]]:
+    """Training minimum and maximum of each numeric feature (for out-of-range notes at scoring)."""
+    ranges = {}
+    for feature in schema.features:
+        if feature.kind != "numeric":
+            continue
+        values = pd.to_numeric(frame[feature.name], errors="coerce").to_numpy(dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if values.size:
+            ranges[feature.name] = (float(values.min()), float(values.max()))
+    return ranges
 
 
 def _report(

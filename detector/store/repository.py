@@ -52,6 +52,7 @@ class ScoredRecord:
     id: int
     score: float
     outlier: dict[str, Any] | None = None
+    ood: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,7 @@ class OutlierView:
     expected: dict[str, Any]
     review_state: str
     created_at: datetime
+    ood: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,7 @@ class TrainingRun:
     train_loss: float | None
     val_loss: float | None
     model_version: int | None
+    diversity: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -195,7 +198,7 @@ class Repository:
             scored = scorer(pending)
             session.execute(update(RecordRow), [
                 {"id": s.id, "state": "scored", "score": s.score, "is_outlier": s.outlier is not None,
-                 "model_version_id": model_version_id, "scored_at": now}
+                 "model_version_id": model_version_id, "scored_at": now, "ood": s.ood}
                 for s in scored
             ])
             by_id = {p.id: p for p in pending}
@@ -203,7 +206,8 @@ class Repository:
                 {"record_id": s.id, "detector": detector, "ts": by_id[s.id].ts, "key": by_id[s.id].key,
                  "fields": by_id[s.id].fields, "score": s.score, "threshold": threshold,
                  "model_version_id": model_version_id, "contributions": s.outlier["contributions"],
-                 "expected": s.outlier["expected"], "review_state": "unreviewed", "created_at": now}
+                 "expected": s.outlier["expected"], "review_state": "unreviewed", "created_at": now,
+                 "ood": s.ood}
                 for s in scored if s.outlier is not None
             ]
             if outliers:
@@ -220,6 +224,18 @@ class Repository:
                 .order_by(RecordRow.ts.desc(), RecordRow.id.desc()).limit(limit)
             ).all()
         return [PendingRecord(r.id, r.ts, r.key, r.fields) for r in reversed(rows)]
+
+    def count_flagged(self, detector: str, since: datetime) -> int:
+        """Records since `since` left out of training because a model flagged them."""
+        with self._read("count flagged records") as session:
+            return int(session.scalar(
+                select(func.count()).select_from(RecordRow)
+                .where(RecordRow.detector == detector, RecordRow.ts >= since, RecordRow.is_outlier.is_(True))
+            ) or 0)
+
+    def earliest_ts(self, detector: str) -> datetime | None:
+        with self._read("read earliest record time") as session:
+            return session.scalar(select(func.min(RecordRow.ts)).where(RecordRow.detector == detector))
 
     def latest_ts(self, detector: str) -> datetime | None:
         with self._read("read latest record time") as session:
@@ -243,12 +259,12 @@ class Repository:
     def finish_training_run(self, run_id: int, result: str, message: str | None = None,
                             n_records: int | None = None, duration_s: float | None = None,
                             train_loss: float | None = None, val_loss: float | None = None,
-                            model_version_id: int | None = None) -> None:
+                            model_version_id: int | None = None, diversity: dict[str, Any] | None = None) -> None:
         with self._tx("finish training run") as session:
             session.execute(update(TrainingRunRow).where(TrainingRunRow.id == run_id).values(
                 finished_at=datetime.now(UTC), result=result, message=message, n_records=n_records,
                 duration_s=duration_s, train_loss=train_loss, val_loss=val_loss,
-                model_version_id=model_version_id))
+                model_version_id=model_version_id, diversity=diversity))
 
     def abandon_running_runs(self) -> int:
         """Mark runs left `running` by a previous process (killed mid-training) as failed."""
@@ -288,6 +304,12 @@ class Repository:
             return session.scalar(select(ModelVersionRow.id).where(
                 ModelVersionRow.detector == detector, ModelVersionRow.status == "active"))
 
+    def get_model(self, detector: str, version: int) -> ModelVersion | None:
+        with self._read("read model") as session:
+            row = session.scalar(select(ModelVersionRow).where(
+                ModelVersionRow.detector == detector, ModelVersionRow.version == version))
+            return _model(row, with_weights=False) if row else None
+
     def list_models(self, detector: str | None = None, limit: int = 100) -> list[ModelVersion]:
         stmt = select(ModelVersionRow).order_by(ModelVersionRow.detector, ModelVersionRow.version.desc())
         if detector:
@@ -310,7 +332,7 @@ class Repository:
             TrainingRun(id=r.id, detector=r.detector, trigger=r.trigger, started_at=r.started_at,
                         finished_at=r.finished_at, result=r.result, message=r.message,
                         n_records=r.n_records, duration_s=r.duration_s, train_loss=r.train_loss,
-                        val_loss=r.val_loss, model_version=version)
+                        val_loss=r.val_loss, model_version=version, diversity=r.diversity)
             for r, version in rows
         ]
 
@@ -352,7 +374,7 @@ class Repository:
             OutlierView(id=o.id, record_id=o.record_id, detector=o.detector, ts=o.ts, key=o.key,
                         fields=o.fields, score=o.score, threshold=o.threshold, model_version=version,
                         contributions=o.contributions, expected=o.expected, review_state=o.review_state,
-                        created_at=o.created_at)
+                        created_at=o.created_at, ood=o.ood)
             for o, version in rows
         ]
 

@@ -31,6 +31,7 @@ __all__ = [
     "Id",
     "JsonType",
     "ModelVersionRow",
+    "NullableJson",
     "OutlierRow",
     "RecordRow",
     "RejectRow",
@@ -41,6 +42,7 @@ __all__ = [
 
 Id = BigInteger().with_variant(Integer(), "sqlite")
 JsonType = JSON().with_variant(postgresql.JSONB(), "postgresql")
+NullableJson = JSON(none_as_null=True).with_variant(postgresql.JSONB(none_as_null=True), "postgresql")  # None -> NULL
 Blob = LargeBinary().with_variant(postgresql.BYTEA(), "postgresql")
 
 
@@ -91,6 +93,7 @@ class RecordRow(Base):
     is_outlier: Mapped[bool] = mapped_column(Boolean, default=False)
     model_version_id: Mapped[int | None] = mapped_column(Id, ForeignKey("model_versions.id", ondelete="SET NULL"))
     scored_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ood: Mapped[dict[str, Any] | None] = mapped_column(NullableJson)
 
     __table_args__ = (
         Index(None, "detector", "state", "id"),
@@ -153,6 +156,7 @@ class OutlierRow(Base):
     expected: Mapped[dict[str, Any]] = mapped_column(JsonType)
     review_state: Mapped[str] = mapped_column(String(16), default="unreviewed")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ood: Mapped[dict[str, Any] | None] = mapped_column(NullableJson)
 
     __table_args__ = (Index(None, "detector", "ts"), Index(None, "record_id"))
 
@@ -173,6 +177,7 @@ class TrainingRunRow(Base):
     train_loss: Mapped[float | None] = mapped_column(Float)
     val_loss: Mapped[float | None] = mapped_column(Float)
     model_version_id: Mapped[int | None] = mapped_column(Id, ForeignKey("model_versions.id", ondelete="SET NULL"))
+    diversity: Mapped[dict[str, Any] | None] = mapped_column(NullableJson)
 
     __table_args__ = (Index(None, "detector", "started_at"),)
 

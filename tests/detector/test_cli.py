@@ -18,6 +18,7 @@ import pytest
 
 from detector.config import Config
 from detector.daemon import Runtime
+from detector.store.db import head_revision
 
 from .conftest import HTTP_DETECTOR
 
@@ -157,7 +158,7 @@ def test_db_upgrade_creates_sqlite_file(vigil: Cli, config: Config, tmp_path: Pa
     assert not (tmp_path / "state" / "vigil.db").exists()
     result = vigil("db", "upgrade")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "database at revision 0001"
+    assert result.stdout.strip() == f"database at revision {head_revision()}"
     assert (tmp_path / "state" / "vigil.db").stat().st_size > 0
 
 
