@@ -133,7 +133,7 @@ def build_runtime(config: Config, registry: CollectorRegistry | None = None,
     repo = open_repository(config.store_url)
     metrics = Metrics(registry)
     vigil = Vigil(config, repo, metrics)
-    registry.register(StoreCollector(repo.count_by_state, lambda: list(config.detectors)))
+    registry.register(StoreCollector(repo.metrics_snapshot, lambda: list(config.detectors)))
     cache = ModelCache(vigil)
     for name in config.detectors:
         cache.get(name)             # publishes the active model's metrics at start

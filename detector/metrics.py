@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["SCORE_RATIO_BUCKETS", "Metrics", "StoreCollector"]
+__all__ = ["SCORE_RATIO_BUCKETS", "Metrics", "StoreCollector", "StoreSnapshot"]
 
 logger = logging.getLogger(__name__)
 
 SCORE_RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.5, 2.0, 5.0, 10.0, 100.0)
 UNKNOWN_DETECTOR = "_unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSnapshot:
+    """What the store says at scrape time; times are Unix seconds."""
+
+    records: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    oldest_pending: Mapping[str, float] = field(default_factory=dict)
+    model_trained: Mapping[str, float] = field(default_factory=dict)
+    unreviewed: Mapping[str, int] = field(default_factory=dict)
 
 
 class Metrics:
@@ -96,23 +108,37 @@ class Metrics:
 
 
 class StoreCollector(Collector):
-    """Counts that live in the database (records by state), read when Prometheus scrapes."""
+    """Values that live in the database, read when Prometheus scrapes (one snapshot per scrape)."""
 
-    def __init__(self, count_by_state: Callable[[], Mapping[tuple[str, str], int]],
-                 detectors: Callable[[], Iterable[str]]) -> None:
-        self._count_by_state = count_by_state
+    def __init__(self, snapshot: Callable[[], StoreSnapshot], detectors: Callable[[], Iterable[str]]) -> None:
+        self._snapshot = snapshot
         self._detectors = detectors
 
     def collect(self) -> Iterable[Metric]:
-        family = GaugeMetricFamily(
-            "vigil_records", "Records in the store by detector and state (pending, scored).",
-            labels=["detector", "state"])
         try:
-            counts = self._count_by_state()
+            snap = self._snapshot()
         except Exception:  # a scrape must not fail because the store is briefly away
             logger.warning("store unavailable during scrape", exc_info=True)
             return []
+        now = time.time()
+        records = GaugeMetricFamily(
+            "vigil_records", "Records in the store by detector and state (pending, scored).",
+            labels=["detector", "state"])
+        lag = GaugeMetricFamily(
+            "vigil_scoring_lag_seconds", "Age of the oldest record waiting to be scored (0 when none waits).",
+            labels=["detector"])
+        age = GaugeMetricFamily(
+            "vigil_model_age_seconds", "Seconds since the active model was trained (absent without a model).",
+            labels=["detector"])
+        unreviewed = GaugeMetricFamily(
+            "vigil_outliers_unreviewed", "Outliers no one has reviewed yet (the review backlog).",
+            labels=["detector"])
         for name in self._detectors():
             for state in ("pending", "scored"):
-                family.add_metric([name, state], float(counts.get((name, state), 0)))
-        return [family]
+                records.add_metric([name, state], float(snap.records.get((name, state), 0)))
+            oldest = snap.oldest_pending.get(name)
+            lag.add_metric([name], max(0.0, now - oldest) if oldest is not None else 0.0)
+            if name in snap.model_trained:
+                age.add_metric([name], max(0.0, now - snap.model_trained[name]))
+            unreviewed.add_metric([name], float(snap.unreviewed.get(name, 0)))
+        return [records, lag, age, unreviewed]

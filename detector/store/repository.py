@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from detector.errors import StorageError
+from detector.metrics import StoreSnapshot
 from detector.records import Rejection, ValidRecord
 from detector.store.tables import (
     ModelVersionRow,
@@ -342,6 +343,23 @@ class Repository:
             rows = session.execute(select(RecordRow.detector, RecordRow.state, func.count())
                                    .group_by(RecordRow.detector, RecordRow.state)).all()
         return {(d, s): int(n) for d, s, n in rows}
+
+    def metrics_snapshot(self) -> StoreSnapshot:
+        """Records by state, oldest pending arrival, active model times and review backlog, per detector."""
+        records = self.count_by_state()
+        with self._read("read metrics snapshot") as session:
+            oldest = session.execute(select(RecordRow.detector, func.min(RecordRow.ingested_at))
+                                     .where(RecordRow.state == "pending").group_by(RecordRow.detector)).all()
+            models = session.execute(select(ModelVersionRow.detector, ModelVersionRow.created_at)
+                                     .where(ModelVersionRow.status == "active")).all()
+            backlog = session.execute(select(OutlierRow.detector, func.count())
+                                      .where(OutlierRow.review_state == "unreviewed")
+                                      .group_by(OutlierRow.detector)).all()
+        return StoreSnapshot(
+            records=records,
+            oldest_pending={d: t.timestamp() for d, t in oldest if t is not None},
+            model_trained={d: t.timestamp() for d, t in models},
+            unreviewed={d: int(n) for d, n in backlog})
 
     def counts(self) -> dict[str, DetectorCounts]:
         """Records by state, rejects and outliers for every detector that has any."""
