@@ -31,6 +31,7 @@ __all__ = [
     "HttpConfig",
     "HttpSourceConfig",
     "ModelConfig",
+    "PrometheusSourceConfig",
     "ScoringConfig",
     "SourceConfig",
     "StoreConfig",
@@ -120,8 +121,37 @@ class FileSourceConfig(Section):
     settle: Duration = Field(default=2.0, ge=0)
 
 
+class PrometheusSourceConfig(Section):
+    type: Literal["prometheus"]
+    url: str
+    queries: dict[str, str]
+    step: PositiveDuration = Field(default=60.0)
+    key_label: str | None = None
+    lag: Duration = Field(default=30.0, ge=0)
+    backfill: Duration = Field(default=86400.0, ge=0)
+    poll_interval: PositiveDuration = Field(default=30.0)
+    timeout: PositiveDuration = Field(default=10.0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must be an http:// or https:// URL of the Prometheus server")
+        return value
+
+    @field_validator("queries")
+    @classmethod
+    def _some_queries(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("give at least one PromQL expression: queries = { name = 'expr' }")
+        for name, expr in value.items():
+            if not expr.strip():
+                raise ValueError(f"query {name!r} is empty")
+        return value
+
+
 SourceConfig = Annotated[
-    DemoSourceConfig | HttpSourceConfig | FileSourceConfig, Field(discriminator="type")
+    DemoSourceConfig | HttpSourceConfig | FileSourceConfig | PrometheusSourceConfig, Field(discriminator="type")
 ]
 
 
@@ -247,6 +277,10 @@ class DetectorConfig(Section):
         for name in self.features:
             if name in (self.ts_field, self.key_field):
                 raise ValueError(f"feature {name!r} clashes with ts_field/key_field")
+        if isinstance(self.source, PrometheusSourceConfig):
+            unknown = sorted(set(self.features) - set(self.source.queries))
+            if unknown:
+                raise ValueError(f"features {unknown} have no query in source.queries (each feature is a query name)")
         return self
 
     @property

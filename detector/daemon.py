@@ -15,8 +15,8 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from detector.config import Config, DemoSourceConfig, FileSourceConfig
-from detector.errors import StorageError
+from detector.config import Config, DemoSourceConfig, FileSourceConfig, PrometheusSourceConfig
+from detector.errors import SourceError, StorageError
 from detector.metrics import Metrics, StoreCollector
 from detector.scheduler import JobScheduler, training_trigger
 from detector.scoring import ModelCache, Scorer
@@ -24,6 +24,7 @@ from detector.service import Vigil
 from detector.sources.base import PullSource
 from detector.sources.demo import DemoSource
 from detector.sources.files import FileSource
+from detector.sources.prometheus import PrometheusSource
 from detector.store.db import open_repository
 from detector.trainer import Trainer
 
@@ -58,6 +59,8 @@ def build_sources(vigil: Vigil) -> list[PullSource]:
             sources.append(DemoSource(name, det.source, vigil))
         elif isinstance(det.source, FileSourceConfig):
             sources.append(FileSource(name, det.source, vigil))
+        elif isinstance(det.source, PrometheusSourceConfig):
+            sources.append(PrometheusSource(name, det.source, vigil))
     return sources
 
 
@@ -79,6 +82,8 @@ class Runtime:
         self.vigil.metrics.errors.labels(component).inc()
         if isinstance(exc, StorageError):
             logger.warning("job failed: store unavailable", extra={"job": job_id, "error": str(exc)})
+        elif isinstance(exc, SourceError):
+            logger.warning("job failed: source unavailable", extra={"job": job_id, "error": str(exc)})
         else:
             logger.error("job failed", extra={"job": job_id, "error": str(exc)}, exc_info=exc)
 

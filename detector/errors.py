@@ -7,6 +7,7 @@ from pathlib import Path
 __all__ = [
     "ConfigError",
     "IngestError",
+    "SourceError",
     "StorageError",
     "UnknownDetectorError",
     "VigilError",
@@ -42,6 +43,14 @@ class StorageError(VigilError):
         super().__init__(f"database {operation} failed: {cause.__class__.__name__}: {cause}")
         self.operation = operation
         self.cause = cause
+
+
+class SourceError(VigilError):
+    """A pulling source could not be read this time (it is retried at the next poll)."""
+
+    def __init__(self, source: str, message: str) -> None:
+        super().__init__(message)
+        self.source = source
 
 
 class IngestError(VigilError):
