@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
@@ -16,7 +16,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from detector.config import Config, TrainingConfig
 from detector.errors import ConfigError, VigilError
 
-__all__ = ["JobScheduler", "check_schedules", "training_trigger"]
+__all__ = ["JobScheduler", "check_schedules", "slot_served", "training_trigger"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,16 @@ def training_trigger(cfg: TrainingConfig) -> CronTrigger | IntervalTrigger:
     """The trigger of a detector's train job: its cron expression (UTC) or its interval."""
     if cfg.cron is not None:
         return CronTrigger.from_crontab(cfg.cron, timezone=UTC)
-    return IntervalTrigger(seconds=cfg.interval or 3600.0, timezone=UTC)
+    return IntervalTrigger(seconds=cfg.interval or 3600.0, start_date=_ANCHOR, timezone=UTC)
+
+
+_ANCHOR = datetime(2000, 1, 1, tzinfo=UTC)   # interval slots are aligned to this, the same in every instance
+
+
+def slot_served(cfg: TrainingConfig, last_start: datetime, now: datetime) -> bool:
+    """True when a run that started at `last_start` already served the schedule slot `now` falls in."""
+    following = training_trigger(cfg).get_next_fire_time(None, last_start + timedelta(milliseconds=1))
+    return following is not None and following > now
 
 
 def check_schedules(config: Config, path: str) -> None:

@@ -14,6 +14,7 @@ import pandas as pd
 from detector.config import DetectorConfig
 from detector.errors import StorageError
 from detector.frames import records_frame
+from detector.scheduler import slot_served
 from detector.service import Vigil
 from detector.store.repository import ModelVersion, PendingRecord, Repository
 from training.diversity import CHECKS, DiversityLimits, DiversityReport, check_window
@@ -121,14 +122,32 @@ class Trainer:
                 "value": problem.value, "limit": problem.limit, "advice": problem.message})
         return report
 
-    def train(self, name: str, trigger: str = "schedule",
+    def _already_served(self, name: str, trigger: str) -> str | None:
+        """Why another instance's run makes this one unnecessary (first model exists, slot served)."""
+        repo = self._vigil.repo
+        if trigger == "first" and repo.active_model_id(name) is not None:
+            return "the first model was trained by another instance"
+        if trigger == "schedule":
+            last = repo.last_counted_run(name)
+            now = datetime.now(UTC)
+            if last is not None and slot_served(self._vigil.detector(name).training, last.started_at, now):
+                return "this schedule slot was already trained (by this or another instance)"
+        return None
+
+    def train(self, name: str, trigger: str = "manual",
               on_epoch: Callable[[EpochStats], None] | None = None) -> TrainingOutcome:
         with self._lock:
             if name in self._running:
                 return TrainingOutcome("skipped", "a training run of this detector is already in progress")
             self._running.add(name)
         try:
-            return self._train(name, trigger, on_epoch)
+            with self._vigil.repo.trainer_lock(name) as mine:
+                if not mine:
+                    return TrainingOutcome("skipped", "another instance is training this detector")
+                served = self._already_served(name, trigger)
+                if served:
+                    return TrainingOutcome("skipped", served)
+                return self._train(name, trigger, on_epoch)
         finally:
             with self._lock:
                 self._running.discard(name)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -248,6 +249,44 @@ class Repository:
                 select(func.count()).select_from(RecordRow)
                 .where(RecordRow.detector == detector, RecordRow.ts >= since, RecordRow.is_outlier.is_(False))
             ) or 0)
+
+    @contextmanager
+    def trainer_lock(self, detector: str) -> Iterator[bool]:
+        """Whether this process may train `detector` now: on PostgreSQL a session advisory lock held
+        for the block (one trainer per detector across instances); elsewhere always True."""
+        engine = self._sessions.kw["bind"]
+        if engine.dialect.name != "postgresql":
+            yield True
+            return
+        key = zlib.crc32(f"vigil-train:{detector}".encode())
+        try:
+            conn = engine.connect()
+        except SQLAlchemyError as exc:
+            raise StorageError("trainer lock", exc) from exc
+        try:
+            got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+            conn.commit()
+            try:
+                yield got
+            finally:
+                if got:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+        finally:
+            conn.close()
+
+    def last_counted_run(self, detector: str) -> TrainingRun | None:
+        """The newest training run that was not skipped (the one a schedule slot is judged by)."""
+        with self._read("read training runs") as session:
+            row = session.scalar(select(TrainingRunRow).where(
+                TrainingRunRow.detector == detector, TrainingRunRow.result != "skipped")
+                .order_by(TrainingRunRow.id.desc()).limit(1))
+            if row is None:
+                return None
+            return TrainingRun(id=row.id, detector=row.detector, trigger=row.trigger, started_at=row.started_at,
+                               finished_at=row.finished_at, result=row.result, message=row.message,
+                               n_records=row.n_records, duration_s=row.duration_s, train_loss=row.train_loss,
+                               val_loss=row.val_loss, model_version=None, diversity=row.diversity)
 
     def start_training_run(self, detector: str, trigger: str) -> int:
         with self._tx("start training run") as session:

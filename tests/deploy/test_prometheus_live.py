@@ -1,0 +1,337 @@
+"""The dashboard's and the alert rules' queries against a real Prometheus scraping a real daemon.
+
+A `vigil run` process gets records over HTTP, trains its first model, scores, flags outliers and
+out-of-distribution records and rejects a bad record; a second detector asks for a CUDA device that does
+not exist, so its training fails (failed runs, training errors) and its constant feature fails a
+training-data check. A `prometheus` process scrapes the daemon every second and loads a copy of
+deploy/prometheus/rules.yml. Then every panel query and the left-hand side of every alert expression
+must return data: a misspelled metric or label, or a label matching that drops everything, shows up here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import numpy as np
+import pytest
+
+from tests.deploy._support import (
+    REPO,
+    RULES,
+    alert_rules,
+    checked_queries,
+    dashboard,
+    panel_queries,
+    require_binary,
+    substitute,
+)
+
+pytestmark = pytest.mark.slow
+
+# Grafana renders a multi-value variable as a regex alternation; the windows are those of a 1 s scrape
+VARIABLES = {"detector": "(web|broken)", "__rate_interval": "15s", "__interval": "5s", "__range": "1m",
+             "__range_s": "60", "__range_ms": "60000", "__interval_ms": "5000"}
+DATA_TIMEOUT_S = 60
+
+FEATURES = """
+load = "numeric"
+cpu = "numeric"
+latency = "numeric"
+region = "categorical"
+"""
+
+CONFIG = """
+[daemon]
+state_dir = "state"
+torch_threads = 1
+log_level = "info"
+
+[http]
+host = "127.0.0.1"
+port = {port}
+
+[detectors.web]
+source = {{ type = "http" }}
+key_field = "host"
+
+[detectors.web.features]
+{features}
+[detectors.web.model]
+hidden = [8]
+latent = 2
+epochs = 10
+batch_size = 64
+seed = 0
+device = "cpu"
+
+[detectors.web.training]
+interval = "1h"
+min_records = 100
+
+[detectors.web.scoring]
+interval = "1s"
+
+# training always fails: the device does not exist (with or without CUDA)
+[detectors.broken]
+source = {{ type = "http" }}
+key_field = "host"
+
+[detectors.broken.features]
+{features}
+[detectors.broken.model]
+hidden = [8]
+latent = 2
+epochs = 10
+device = "cuda:99"
+
+[detectors.broken.training]
+interval = "1h"
+min_records = 100
+
+[detectors.broken.scoring]
+interval = "1s"
+"""
+
+PROMETHEUS_CONFIG = """
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+rule_files:
+  - rules.yml
+scrape_configs:
+  - job_name: vigil
+    static_configs:
+      - targets: ["127.0.0.1:{port}"]
+"""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def normal_records(n: int, seed: int, end: datetime, constant_cpu: bool = False) -> list[dict[str, Any]]:
+    """cpu and latency follow load, one record a minute up to `end`."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        load = float(rng.uniform(0.2, 1.0))
+        out.append({
+            "ts": (end - timedelta(minutes=n - i)).isoformat(), "host": f"web-{i % 4}", "load": round(load, 4),
+            "cpu": 50.0 if constant_cpu else round(10 + 70 * load + float(rng.normal(0, 2)), 3),
+            "latency": round(40 + 120 * load + float(rng.normal(0, 4)), 3),
+            "region": ("eu-west", "us-east", "ap-south")[i % 3],
+        })
+    return out
+
+
+def anomalous_records(n: int) -> list[dict[str, Any]]:
+    """Pegged CPU and ten times the latency at low load, from a region never seen: outliers, out of range,
+    unseen category."""
+    now = datetime.now(UTC)
+    return [{"ts": now.isoformat(), "host": f"web-{i}", "load": 0.3, "cpu": 400.0, "latency": 1500.0 + i,
+             "region": "mars"} for i in range(n)]
+
+
+class Process:
+    """A subprocess with its output in a file, stopped with SIGTERM (then SIGKILL) in `stop`."""
+
+    def __init__(self, name: str, args: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+
+    def tail(self, lines: int = 30) -> str:
+        text = self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
+        return f"--- last lines of {self.name} ---\n" + "\n".join(text.splitlines()[-lines:])
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            pytest.fail(f"{self.name} exited with {self.proc.returncode}\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=15)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, *procs: Process) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in procs:
+            proc.check_alive()
+        if condition():
+            return
+        time.sleep(0.25)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}\n" + "\n".join(p.tail() for p in procs))
+
+
+class Client:
+    """The daemon's API and Prometheus' HTTP API."""
+
+    def __init__(self, vigil_url: str, prometheus_url: str, token_file: Path) -> None:
+        self.vigil = httpx2.Client(base_url=vigil_url, timeout=30)
+        self.prometheus = httpx2.Client(base_url=prometheus_url, timeout=30)
+        self.token_file = token_file
+
+    def close(self) -> None:
+        self.vigil.close()
+        self.prometheus.close()
+
+    def up(self, client: httpx2.Client, path: str) -> bool:
+        try:
+            return client.get(path).status_code == 200
+        except httpx2.TransportError:
+            return False
+
+    def post(self, detector: str, records: list[dict[str, Any]], expect: int = 200) -> dict[str, Any]:
+        token = self.token_file.read_text(encoding="utf-8").strip()
+        response = self.vigil.post(f"/v1/detectors/{detector}/records", json=records,
+                                   headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == expect, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def model(self, detector: str) -> Any:
+        return self.vigil.get("/v1/status").json()["detectors"][detector]["model"]
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        response = self.prometheus.get("/api/v1/query", params={"query": promql})
+        body = response.json()
+        assert response.status_code == 200 and body["status"] == "success", f"{promql}\n{body}"
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+
+@contextlib.contextmanager
+def running_stack(tmp_path: Path, prometheus_bin: str) -> Iterator[tuple[Client, Process, Process]]:
+    """The daemon and Prometheus started; both are stopped on the way out, whatever happened."""
+    vigil_port, prometheus_port = free_port(), free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(textwrap.dedent(CONFIG.format(port=vigil_port, features=FEATURES)), encoding="utf-8")
+    prom_dir = tmp_path / "prometheus"
+    prom_dir.mkdir()
+    shutil.copy(RULES, prom_dir / "rules.yml")
+    (prom_dir / "prometheus.yml").write_text(PROMETHEUS_CONFIG.format(port=vigil_port), encoding="utf-8")
+
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
+    env.pop("VIGIL_CONFIG", None)
+    procs: list[Process] = []
+    client = Client(f"http://127.0.0.1:{vigil_port}", f"http://127.0.0.1:{prometheus_port}",
+                    tmp_path / "state" / "api-token")
+    try:
+        daemon = Process("vigil", [sys.executable, "-m", "detector.cli", "run", "--config", str(config),
+                                   "--log-format", "json"], tmp_path / "vigil.log", REPO, env)
+        procs.append(daemon)
+        prometheus = Process("prometheus", [
+            prometheus_bin, f"--config.file={prom_dir / 'prometheus.yml'}", f"--storage.tsdb.path={prom_dir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{prometheus_port}", "--log.level=warn"],
+            tmp_path / "prometheus.log", prom_dir)
+        procs.append(prometheus)
+        yield client, daemon, prometheus
+    finally:
+        for proc in procs:
+            proc.stop()
+        client.close()
+
+
+def test_every_dashboard_query_and_alert_left_hand_side_returns_data(tmp_path: Path) -> None:
+    prometheus_bin = require_binary("prometheus", "to run the dashboard and alert queries against a real Prometheus")
+    with running_stack(tmp_path, prometheus_bin) as (client, daemon, prometheus):
+        _check_queries(client, daemon, prometheus)
+
+
+def _check_queries(client: Client, daemon: Process, prometheus: Process) -> None:
+    started = time.monotonic()
+    wait_for(lambda: client.up(client.vigil, "/healthz"), 60, "the daemon's /healthz", daemon)
+    wait_for(lambda: client.up(client.prometheus, "/-/ready"), 30, "Prometheus to be ready", prometheus)
+
+    now = datetime.now(UTC)
+    assert client.post("web", normal_records(150, seed=1, end=now))["accepted"] == 150
+    assert client.post("broken", normal_records(120, seed=2, end=now, constant_cpu=True))["accepted"] == 120
+    # the score job trains the first model as soon as min_records are stored
+    wait_for(lambda: client.model("web") is not None, 60, "the first model of web", daemon)
+    trained = time.monotonic()
+    bad = {"ts": now.isoformat(), "host": "web-1", "load": 0.5, "cpu": 40.0, "latency": "fast", "region": "eu-west"}
+    body = client.post("web", [*anomalous_records(5), bad], expect=422)
+    assert body["accepted"] == 5 and [r["reason"] for r in body["rejected"]] == ["wrong_type"]
+
+    board = dashboard()
+    queries = {f"panel {title!r} [{i}]": substitute(expr, VARIABLES)
+               for i, (title, expr) in enumerate(panel_queries(board)) if expr}
+    for rule in alert_rules():
+        for i, query in enumerate(checked_queries(rule.expr)):
+            queries[f"alert {rule.name} [{i}]"] = query
+    # an alert that must fire on this data: the broken detector's training keeps failing
+    [failing] = [r for r in alert_rules() if r.name == "VigilTrainingFailing"]
+    queries["alert VigilTrainingFailing (whole expression)"] = failing.expr
+
+    empty = dict(queries)
+    seq = 0
+
+    def all_have_data() -> bool:
+        nonlocal seq
+        seq += 1        # keep records arriving, so rates are above zero and scoring keeps going
+        extra = normal_records(10, seed=100 + seq, end=datetime.now(UTC)) + anomalous_records(1)
+        client.post("web", extra)
+        for where, query in list(empty.items()):
+            if client.query(query):
+                del empty[where]
+        return not empty
+
+    deadline = trained + DATA_TIMEOUT_S
+    while not all_have_data():
+        daemon.check_alive()
+        prometheus.check_alive()
+        if time.monotonic() > deadline:
+            listing = "\n".join(f"  {where}: {query}" for where, query in empty.items())
+            pytest.fail(f"queries without data {DATA_TIMEOUT_S} s after the first model:\n{listing}\n"
+                        f"{daemon.tail()}\n{prometheus.tail()}")
+        time.sleep(1)
+    have_data = time.monotonic()
+
+    [result] = client.query(failing.expr)
+    assert result["metric"]["detector"] == "broken" and result["metric"]["job"] == "vigil"
+
+    groups = {g["name"] for g in _rule_groups(client)}
+    wanted = {rule.group for rule in alert_rules()}
+    assert groups == wanted
+    never = "0001-01-01T00:00:00Z"      # Prometheus' lastEvaluation of a rule not evaluated yet
+    wait_for(lambda: all(r["lastEvaluation"] != never for g in _rule_groups(client) for r in g["rules"]),
+             10, "every rule to be evaluated", prometheus)
+    loaded = {r["name"]: r for g in _rule_groups(client) for r in g["rules"]}
+    assert set(loaded) == {rule.name for rule in alert_rules()}
+    for name, rule in loaded.items():
+        assert rule["health"] in ("ok", "unknown") and not rule.get("lastError"), f"{name}: {json.dumps(rule)}"
+    print(f"prometheus live: model after {trained - started:.1f} s, all {len(queries)} queries with data "
+          f"{have_data - trained:.1f} s later, {time.monotonic() - started:.1f} s in all")
+
+
+def _rule_groups(client: Client) -> list[dict[str, Any]]:
+    body = client.prometheus.get("/api/v1/rules").json()
+    assert body["status"] == "success", body
+    groups: list[dict[str, Any]] = body["data"]["groups"]
+    return groups
