@@ -132,6 +132,10 @@ class Repository:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
 
+    def dispose(self) -> None:
+        """Close the pooled connections (for tools and tests; the daemon keeps them)."""
+        self._sessions.kw["bind"].dispose()
+
     @contextmanager
     def _tx(self, operation: str) -> Iterator[Session]:
         try:

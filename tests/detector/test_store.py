@@ -1,4 +1,4 @@
-"""Tests for the store on a real SQLite file and a real PostgreSQL database: Alembic schema, transactions, scoring once, retention."""
+"""The store on a real SQLite file and a real PostgreSQL database: schema, transactions, scoring once, retention."""
 
 from __future__ import annotations
 

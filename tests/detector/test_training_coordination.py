@@ -35,3 +35,5 @@ def test_trainer_lock_admits_one_instance_at_a_time(store_url: str) -> None:
             assert other_detector
     with second.trainer_lock("web") as after_release:
         assert after_release
+    first.dispose()
+    second.dispose()
