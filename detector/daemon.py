@@ -137,6 +137,7 @@ def build_runtime(config: Config, registry: CollectorRegistry | None = None,
         GCCollector(registry=registry)
     repo = open_repository(config.store_url)
     metrics = Metrics(registry)
+    metrics.initialise({name: det.source.type for name, det in config.detectors.items()})
     vigil = Vigil(config, repo, metrics)
     registry.register(StoreCollector(repo.metrics_snapshot, lambda: list(config.detectors)))
     cache = ModelCache(vigil)

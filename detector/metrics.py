@@ -17,6 +17,9 @@ logger = logging.getLogger(__name__)
 
 SCORE_RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.5, 2.0, 5.0, 10.0, 100.0)
 UNKNOWN_DETECTOR = "_unknown"
+TRAINING_RESULTS = ("success", "failed", "skipped", "refused")
+OOD_KINDS = ("unseen_category", "out_of_range")
+COMPONENTS = ("scoring", "training", "source", "store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +68,7 @@ class Metrics:
             "vigil_model_trained_timestamp_seconds", "Unix time the active model finished training.",
             ["detector"], registry=registry)
         self.training_runs = Counter(
-            "vigil_training_runs_total", "Training runs by result (success, failed, skipped).",
+            "vigil_training_runs_total", "Training runs by result (success, failed, skipped, refused).",
             ["detector", "result"], registry=registry)
         self.training_duration = Histogram(
             "vigil_training_duration_seconds", "Wall time of training runs that trained a model.",
@@ -94,6 +97,22 @@ class Metrics:
         self.errors = Counter(
             "vigil_errors_total", "Failures of a job or component, by component.",
             ["component"], registry=registry)
+
+    def initialise(self, detectors: Mapping[str, str]) -> None:
+        """Create every known label combination at 0, so that rate() sees the first increment.
+
+        `detectors` maps each configured detector to its source type.
+        """
+        for name, source in detectors.items():
+            self.records_ingested.labels(name, source)
+            self.records_scored.labels(name)
+            self.outliers.labels(name)
+            for result in TRAINING_RESULTS:
+                self.training_runs.labels(name, result)
+            for kind in OOD_KINDS:
+                self.out_of_distribution.labels(name, kind)
+        for component in COMPONENTS:
+            self.errors.labels(component)
 
     def set_active_model(self, detector: str, version: int, threshold: float,
                          expected_rate: float, trained_at_s: float) -> None:

@@ -28,6 +28,8 @@ __all__ = ["Trainer", "TrainingAborted", "TrainingOutcome"]
 
 logger = logging.getLogger(__name__)
 
+FIRST_RETRY_S = 30.0   # a failed first training is retried after 30 s, then 60 s, 120 s...
+
 
 class TrainingAborted(Exception):
     """Raised from the epoch hook when the daemon is stopping."""
@@ -99,7 +101,23 @@ class Trainer:
             return False
         since = self.window_since(name)
         min_records = self._vigil.detector(name).training.min_records
-        return since is not None and self._vigil.repo.count_window(name, since) >= min_records
+        if since is None or self._vigil.repo.count_window(name, since) < min_records:
+            return False
+        return self._backoff_over(name)
+
+    def _backoff_over(self, name: str) -> bool:
+        """After failed or refused attempts, wait 30 s, 60 s, 120 s... (at most the training interval)."""
+        runs = self._vigil.repo.list_training_runs(name, limit=10)
+        failures = 0
+        for run in runs:
+            if run.result not in ("failed", "refused"):
+                break
+            failures += 1
+        if failures == 0:
+            return True
+        training = self._vigil.detector(name).training
+        wait = min(FIRST_RETRY_S * 2 ** (failures - 1), training.interval or 3600.0)
+        return datetime.now(UTC) - runs[0].started_at >= timedelta(seconds=wait)
 
     def _check_window(self, name: str, det: DetectorConfig, records: list[PendingRecord], frame: pd.DataFrame,
                       since: datetime) -> DiversityReport:
