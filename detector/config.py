@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import tomllib
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -34,6 +36,7 @@ __all__ = [
     "PrometheusSourceConfig",
     "ScoringConfig",
     "SourceConfig",
+    "SqlSourceConfig",
     "StoreConfig",
     "ThresholdConfig",
     "TrainingConfig",
@@ -150,8 +153,85 @@ class PrometheusSourceConfig(Section):
         return value
 
 
+_SQL_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,127}$")
+
+
+class SqlSourceConfig(Section):
+    type: Literal["sql"]
+    url: str
+    table: str | None = None
+    query: str | None = Field(default=None, validate_default=True)
+    order_column: str
+    batch_size: int = Field(default=5000, gt=0)
+    max_batches: int = Field(default=20, gt=0)
+    poll_interval: PositiveDuration = Field(default=10.0)
+    timeout: PositiveDuration = Field(default=10.0)
+    initial: datetime | int | str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _sqlalchemy_url(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(value).get_dialect().import_dbapi()
+        except ArgumentError as exc:
+            raise ValueError(f"not a usable SQLAlchemy URL: {exc}") from None
+        except ImportError as exc:
+            raise ValueError(f"the database driver of this URL is not installed: {exc}") from None
+        return value
+
+    @field_validator("table")
+    @classmethod
+    def _table_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = value.split(".")
+            if len(parts) > 2 or not all(_SQL_IDENTIFIER.match(part) for part in parts):
+                raise ValueError("must be a table name (letters, digits, '_', '$'), optionally schema.table")
+        return value
+
+    @field_validator("query")
+    @classmethod
+    def _table_or_query(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if "table" not in info.data:        # table itself is invalid (and reported)
+            return value
+        if value is not None and info.data["table"] is not None:
+            raise ValueError("set either table or query, not both")
+        if value is None and info.data["table"] is None:
+            raise ValueError("set table = 'name' or query = 'SELECT ...'")
+        if value is not None:
+            value = value.strip().removesuffix(";").rstrip()
+            if not re.match(r"(?is)^(select|with)\b", value):
+                raise ValueError("must be a SELECT (or WITH ... SELECT) statement")
+        return value
+
+    @field_validator("order_column")
+    @classmethod
+    def _column_name(cls, value: str) -> str:
+        if not _SQL_IDENTIFIER.match(value):
+            raise ValueError("must be a column name (letters, digits, '_', '$')")
+        return value
+
+    @field_validator("initial", mode="before")
+    @classmethod
+    def _initial(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("initial is a duration back from now ('7d'), an ISO time, or an integer")
+        if isinstance(value, str):
+            try:
+                parse_duration(value)
+            except ValueError:
+                try:
+                    datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+                except ValueError:
+                    raise ValueError("initial is a duration back from now ('7d'), an ISO time, "
+                                     "or an integer") from None
+        return value
+
 SourceConfig = Annotated[
-    DemoSourceConfig | HttpSourceConfig | FileSourceConfig | PrometheusSourceConfig, Field(discriminator="type")
+    DemoSourceConfig | HttpSourceConfig | FileSourceConfig | PrometheusSourceConfig | SqlSourceConfig,
+    Field(discriminator="type"),
 ]
 
 
@@ -359,6 +439,18 @@ def _resolve(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
+def _resolve_sqlite_url(base: Path, url: str) -> str:
+    """A SQLite URL whose relative file path is taken from `base`; other URLs unchanged."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" \
+            or database.startswith("file:") or Path(database).is_absolute():
+        return url
+    return parsed.set(database=str(base / database)).render_as_string(hide_password=False)
+
+
 def _resolve_paths(config: Config, base: Path) -> Config:
     state_dir = _resolve(base, config.daemon.state_dir)
     url = config.store.url
@@ -371,6 +463,9 @@ def _resolve_paths(config: Config, base: Path) -> Config:
             if not folder.is_dir():
                 raise ConfigError(base, f"detectors.{name}.source.path: directory {folder} not found")
             det = det.model_copy(update={"source": det.source.model_copy(update={"path": folder})})
+        elif isinstance(det.source, SqlSourceConfig):
+            source_url = _resolve_sqlite_url(base, det.source.url)
+            det = det.model_copy(update={"source": det.source.model_copy(update={"url": source_url})})
         detectors[name] = det
     return config.model_copy(
         update={

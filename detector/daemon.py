@@ -15,7 +15,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from detector.config import Config, DemoSourceConfig, FileSourceConfig, PrometheusSourceConfig
+from detector.config import Config, DemoSourceConfig, FileSourceConfig, PrometheusSourceConfig, SqlSourceConfig
 from detector.errors import SourceError, StorageError
 from detector.metrics import Metrics, StoreCollector
 from detector.scheduler import JobScheduler, training_trigger
@@ -25,6 +25,7 @@ from detector.sources.base import PullSource
 from detector.sources.demo import DemoSource
 from detector.sources.files import FileSource
 from detector.sources.prometheus import PrometheusSource
+from detector.sources.sql import SqlSource
 from detector.store.db import open_repository
 from detector.trainer import Trainer
 
@@ -61,6 +62,8 @@ def build_sources(vigil: Vigil) -> list[PullSource]:
             sources.append(FileSource(name, det.source, vigil))
         elif isinstance(det.source, PrometheusSourceConfig):
             sources.append(PrometheusSource(name, det.source, vigil))
+        elif isinstance(det.source, SqlSourceConfig):
+            sources.append(SqlSource(name, det.source, vigil))
     return sources
 
 
