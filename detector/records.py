@@ -74,12 +74,26 @@ class Batch:
 
 def _raw_text(raw: Any) -> str:
     if isinstance(raw, MalformedLine):
-        return raw.line
+        return raw.line.replace("\x00", "\\u0000")
     try:
         text = json.dumps(raw, default=str, allow_nan=True)
+    except RecursionError:
+        text = f"<{type(raw).__name__} nested too deeply to show>"
     except (TypeError, ValueError):
         text = repr(raw)
     return text[:_RAW_LIMIT]
+
+
+def _text_problem(text: str) -> str | None:
+    """Why a string cannot be stored as text (PostgreSQL refuses NUL; UTF-8 has no lone surrogates), or None."""
+    if "\x00" in text:
+        return "contains a NUL character"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "contains a lone surrogate (\\ud800-\\udfff escape), which is not valid Unicode"
+    return None
 
 
 def _describe(value: Any) -> str:
@@ -122,7 +136,11 @@ def _check_value(feature: Feature, value: Any) -> Any:
     if feature.kind == "numeric":
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _Invalid(feature.name, "wrong_type", f"expected a number, got {_describe(value)}")
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            raise _Invalid(feature.name, "not_finite", "expected a finite number, got an integer too large "
+                                                       "for a float") from None
         if not math.isfinite(number):
             raise _Invalid(feature.name, "not_finite", f"expected a finite number, got {number}")
         return number
@@ -133,7 +151,7 @@ def _check_value(feature: Feature, value: Any) -> Any:
             return bool(value)
         raise _Invalid(feature.name, "wrong_type", f"expected true or false, got {_describe(value)}")
     if isinstance(value, str):
-        return value
+        return _checked_text(feature.name, value)
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, float) and value.is_integer():   # an integer column with gaps, read as floats
@@ -141,12 +159,21 @@ def _check_value(feature: Feature, value: Any) -> Any:
     raise _Invalid(feature.name, "wrong_type", f"expected a category (string), got {_describe(value)}")
 
 
+def _checked_text(name: str, value: str) -> str:
+    problem = _text_problem(value)
+    if problem is not None:
+        raise _Invalid(name, "malformed", f"text {problem}")
+    return value
+
+
 def _check_extra(name: str, value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         if math.isnan(value):
             return None
         raise _Invalid(name, "not_finite", f"expected a finite number, got {value}")
-    if value is None or isinstance(value, str | int | float | bool):
+    if isinstance(value, str):
+        return _checked_text(name, value)
+    if value is None or isinstance(value, int | float | bool):
         return value
     if hasattr(value, "isoformat"):
         return value.isoformat()
@@ -184,7 +211,14 @@ class RecordValidator:
             key = str(key)
             if len(key) > _KEY_LIMIT:
                 raise _Invalid(self.key_field, "bad_key", f"longer than {_KEY_LIMIT} characters")
+            problem = _text_problem(key)
+            if problem is not None:
+                raise _Invalid(self.key_field, "bad_key", problem)
         values = self._flatten(raw)
+        for name in values:
+            problem = _text_problem(str(name))
+            if problem is not None:
+                raise _Invalid(None, "malformed", f"field name {_describe(name)} {problem}")
         fields: dict[str, Any] = {}
         for name, feature in self._features.items():
             fields[name] = _check_value(feature, values.get(name))
@@ -236,7 +270,7 @@ def parse_json_body(body: bytes, content_type: str) -> list[Any]:
         # NDJSON is only sniffed when the body is not one JSON document: a pretty-printed
         # object also starts with "{" and spans several lines.
         try:
-            doc = json.loads(text)
+            doc = _loads(text)
         except ValueError:
             if not (stripped[:1] == "{" and "\n" in stripped):
                 raise
@@ -247,7 +281,15 @@ def parse_json_body(body: bytes, content_type: str) -> list[Any]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            records.append(_loads(line))
         except ValueError as exc:
             records.append(MalformedLine(str(exc), line[:_RAW_LIMIT]))
     return records
+
+
+def _loads(text: str) -> Any:
+    """json.loads, with nesting too deep for the parser reported as ValueError (not RecursionError)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None

@@ -64,7 +64,8 @@ class Vigil:
     def reject_whole(self, name: str, source: str, reason: str, message: str,
                      origin: str | None = None, raw: str | None = None) -> Rejection:
         """Record that a whole body or file was refused (malformed, too large, unreadable)."""
-        rejection = Rejection(None, None, reason, message, raw)
+        # a body that is not JSON may hold NUL bytes, which PostgreSQL text cannot store
+        rejection = Rejection(None, None, reason, message, None if raw is None else raw.replace("\x00", "\\u0000"))
         if name in self.config.detectors:
             self.repo.add_batch(name, source, [], [rejection], origin)
             self.metrics.records_rejected.labels(name, reason).inc()
