@@ -6,7 +6,6 @@ import contextlib
 import hmac
 import logging
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -16,9 +15,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from detector import __version__
+from detector.api_review import review_router
 from detector.daemon import Runtime
 from detector.errors import StorageError, UnknownDetectorError
 from detector.records import parse_json_body
+from detector.web import review_page_router
 
 __all__ = ["create_app"]
 
@@ -45,6 +46,12 @@ def require_token(request: Request) -> None:
                             headers={"WWW-Authenticate": "Bearer"})
 
 
+def read_access(request: Request) -> None:
+    """Reads are open unless `http.read_requires_token` is set."""
+    if _runtime(request).config.http.read_requires_token:
+        require_token(request)
+
+
 async def _read_body(request: Request, limit: int) -> bytes | None:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -56,15 +63,6 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _outlier_json(o: Any) -> dict[str, Any]:
-    return {
-        "id": o.id, "detector": o.detector, "ts": o.ts.isoformat(), "key": o.key, "score": o.score,
-        "threshold": o.threshold, "model_version": o.model_version, "review_state": o.review_state,
-        "fields": o.fields, "expected": o.expected, "contributions": o.contributions,
-        "record_id": o.record_id, "created_at": o.created_at.isoformat(),
-    }
 
 
 def create_app(runtime: Runtime, manage_jobs: bool = True) -> FastAPI:
@@ -130,24 +128,18 @@ def create_app(runtime: Runtime, manage_jobs: bool = True) -> FastAPI:
             return JSONResponse(body_out, status_code=422)
         return JSONResponse(body_out, status_code=200)
 
-    @app.get("/v1/status", summary="Per detector: records by state, outliers, active model, last training")
+    @app.get("/v1/status", dependencies=[Depends(read_access)],
+             summary="Per detector: records by state, outliers, active model, last training")
     async def status() -> dict[str, Any]:
         return await run_in_threadpool(runtime.vigil.status)
 
-    @app.get("/v1/outliers", summary="Recent outliers, newest first")
-    async def outliers(detector: str | None = None, since: datetime | None = None,
-                       limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
-        if detector is not None:
-            runtime.vigil.detector(detector)
-        rows = await run_in_threadpool(runtime.vigil.repo.list_outliers, detector, since, limit)
-        return {"outliers": [_outlier_json(o) for o in rows]}
-
-    @app.get("/v1/detectors/{name}/rejects", summary="Recent rejected records of a detector, newest first")
+    @app.get("/v1/detectors/{name}/rejects", dependencies=[Depends(read_access)],
+             summary="Recent rejected records of a detector, newest first")
     async def rejects(name: str, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
         runtime.vigil.detector(name)
         return {"rejects": await run_in_threadpool(runtime.vigil.repo.list_rejects, name, limit)}
 
-    @app.get("/v1/models", summary="Model versions, newest first")
+    @app.get("/v1/models", dependencies=[Depends(read_access)], summary="Model versions, newest first")
     async def models(detector: str | None = None) -> dict[str, Any]:
         rows = await run_in_threadpool(runtime.vigil.repo.list_models, detector)
         return {"models": [
@@ -157,6 +149,9 @@ def create_app(runtime: Runtime, manage_jobs: bool = True) -> FastAPI:
              "window_end": m.window_end.isoformat() if m.window_end else None,
              "report": {k: v for k, v in m.meta.get("report", {}).items() if k != "history"}}
             for m in rows]}
+
+    app.include_router(review_router(runtime, require_token, read_access))
+    app.include_router(review_page_router())
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

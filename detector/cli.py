@@ -14,6 +14,7 @@ import click
 from detector import __version__
 from detector.cli_common import config_option, load, prepare_torch, short, table
 from detector.cli_data import check_data, models_show
+from detector.cli_review import maintenance, outliers_export, outliers_review, outliers_show
 from detector.errors import ConfigError, VigilError
 
 __all__ = ["main"]
@@ -195,6 +196,10 @@ def models_list(config_path: Path, detector: str | None) -> None:
 
 models.add_command(models_show)
 cli.add_command(check_data)
+outliers.add_command(outliers_show)
+outliers.add_command(outliers_review)
+outliers.add_command(outliers_export)
+cli.add_command(maintenance)
 
 
 @cli.group()

@@ -30,7 +30,7 @@ def _report_for_detector(config_path: Path, detector: str) -> dict[str, Any]:
     if latest is None:
         raise VigilError(f"detector {detector!r} has no records yet")
     since = latest - pd.Timedelta(seconds=det.training.window).to_pytimedelta()
-    records = repo.training_window(detector, since, det.training.max_records)
+    records = repo.training_window(detector, since, det.training.max_records, det.review.states_into_training)
     frame = records_frame(records, det.feature_schema)
     return diversity_report(repo, detector, det, records, frame, since).to_dict()
 

@@ -34,6 +34,7 @@ __all__ = [
     "HttpSourceConfig",
     "ModelConfig",
     "PrometheusSourceConfig",
+    "ReviewConfig",
     "ScoringConfig",
     "SourceConfig",
     "SqlSourceConfig",
@@ -99,6 +100,7 @@ class HttpConfig(Section):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     max_batch_records: int = Field(default=10_000, gt=0)
     token_file: Path = Field(default=Path("api-token"))
+    read_requires_token: bool = False
 
 
 class DemoSourceConfig(Section):
@@ -326,6 +328,24 @@ class DiversityConfig(Section):
         return self.model_dump(exclude={"policy", "reference", "reference_max_records"})
 
 
+class ReviewConfig(Section):
+    """What reviews teach the model: which reviewed outliers join training, and threshold tuning."""
+
+    train_on_dismissed: bool = True
+    train_on_confirmed: bool = False
+    train_on_unreviewed: bool = False
+    tune_threshold: bool = True
+    min_verdicts: int = Field(default=20, ge=2)
+    max_fpr_factor: float = Field(default=2.0, ge=1.0)
+
+    @property
+    def states_into_training(self) -> tuple[str, ...]:
+        """Review states whose outliers are trained on as normal records."""
+        states = (("dismissed", self.train_on_dismissed), ("confirmed", self.train_on_confirmed),
+                  ("unreviewed", self.train_on_unreviewed))
+        return tuple(state for state, included in states if included)
+
+
 class ScoringConfig(Section):
     interval: PositiveDuration = Field(default=5.0)
     batch_size: int = Field(default=5000, gt=0)
@@ -342,6 +362,7 @@ class DetectorConfig(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     diversity: DiversityConfig = Field(default_factory=DiversityConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
 
     @field_validator("features")
     @classmethod

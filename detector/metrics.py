@@ -30,6 +30,8 @@ class StoreSnapshot:
     oldest_pending: Mapping[str, float] = field(default_factory=dict)
     model_trained: Mapping[str, float] = field(default_factory=dict)
     unreviewed: Mapping[str, int] = field(default_factory=dict)
+    confirmed: Mapping[str, int] = field(default_factory=dict)
+    dismissed: Mapping[str, int] = field(default_factory=dict)
 
 
 class Metrics:
@@ -94,6 +96,9 @@ class Metrics:
             "vigil_training_data_check_failing",
             "1 when a diversity check of the last training window did not pass (warn or fail), else 0.",
             ["detector", "check"], registry=registry)
+        self.review_verdicts = Counter(
+            "vigil_review_verdicts_total", "Review verdicts given to outliers (confirmed, dismissed).",
+            ["detector", "verdict"], registry=registry)
         self.errors = Counter(
             "vigil_errors_total", "Failures of a job or component, by component.",
             ["component"], registry=registry)
@@ -111,6 +116,8 @@ class Metrics:
                 self.training_runs.labels(name, result)
             for kind in OOD_KINDS:
                 self.out_of_distribution.labels(name, kind)
+            for verdict in ("confirmed", "dismissed"):
+                self.review_verdicts.labels(name, verdict)
         for component in COMPONENTS:
             self.errors.labels(component)
 
@@ -152,7 +159,14 @@ class StoreCollector(Collector):
         unreviewed = GaugeMetricFamily(
             "vigil_outliers_unreviewed", "Outliers no one has reviewed yet (the review backlog).",
             labels=["detector"])
+        precision = GaugeMetricFamily(
+            "vigil_review_precision",
+            "Share of reviewed outliers people confirmed as real (absent before the first verdict).",
+            labels=["detector"])
         for name in self._detectors():
+            reviewed = snap.confirmed.get(name, 0) + snap.dismissed.get(name, 0)
+            if reviewed:
+                precision.add_metric([name], snap.confirmed.get(name, 0) / reviewed)
             for state in ("pending", "scored"):
                 records.add_metric([name, state], float(snap.records.get((name, state), 0)))
             oldest = snap.oldest_pending.get(name)
@@ -160,4 +174,4 @@ class StoreCollector(Collector):
             if name in snap.model_trained:
                 age.add_metric([name], max(0.0, now - snap.model_trained[name]))
             unreviewed.add_metric([name], float(snap.unreviewed.get(name, 0)))
-        return [records, lag, age, unreviewed]
+        return [records, lag, age, unreviewed, precision]

@@ -77,11 +77,13 @@ class Scorer:
         det = self._vigil.detector(name)
         result = active.model.score(records_frame(pending, det.feature_schema))
         top_k = det.scoring.top_contributions
+        windows = self._vigil.repo.reviews.windows(name, (min(p.ts for p in pending), max(p.ts for p in pending)))
         scored = []
         for i, record in enumerate(pending):
             score = float(result.scores[i])
             outlier = None
-            if result.is_outlier[i]:
+            in_maintenance = any(w.start <= record.ts < w.end for w in windows)
+            if result.is_outlier[i] and not in_maintenance:
                 expected = {
                     col: to_json_value(result.expected.iloc[i][col]) for col in result.expected.columns
                 }

@@ -19,10 +19,11 @@ from detector.service import Vigil
 from detector.store.repository import ModelVersion, PendingRecord, Repository
 from training.diversity import CHECKS, DiversityLimits, DiversityReport, check_window
 from training.errors import TrainingError
-from training.fit import ModelSettings, ThresholdSettings, fit_model
+from training.fit import FittedModel, ModelSettings, ThresholdSettings, fit_model
 from training.loop import EpochStats, TrainSettings
 from training.model import AutoencoderSpec, count_parameters
 from training.preprocess import Preprocessor
+from training.thresholds import tune_with_reviews
 
 __all__ = ["Trainer", "TrainingAborted", "TrainingOutcome"]
 
@@ -62,8 +63,8 @@ def diversity_report(repo: Repository, name: str, det: DetectorConfig, records: 
     history = None
     if latest is not None:
         reference_since = latest - timedelta(seconds=det.diversity.reference)
-        history = records_frame(repo.training_window(name, reference_since, det.diversity.reference_max_records),
-                                schema)
+        history = records_frame(repo.training_window(name, reference_since, det.diversity.reference_max_records,
+                                                     det.review.states_into_training), schema)
     available = (latest - earliest).total_seconds() if latest and earliest else None
     span = det.training.window if available is None else min(det.training.window, available)
     n_columns = Preprocessor.fit(frame, schema).n_columns if len(frame) else 0
@@ -73,7 +74,7 @@ def diversity_report(repo: Repository, name: str, det: DetectorConfig, records: 
         frame, schema, DiversityLimits(**det.diversity.limits()), n_parameters=n_parameters,
         timestamps=pd.Series([r.ts for r in records], dtype="datetime64[ns, UTC]"),
         keys=pd.Series([r.key for r in records], dtype=object), expected_span_s=span, history=history,
-        excluded=repo.count_flagged(name, since))
+        excluded=repo.count_flagged(name, since, det.review.states_into_training))
 
 
 class Trainer:
@@ -101,7 +102,8 @@ class Trainer:
             return False
         since = self.window_since(name)
         min_records = self._vigil.detector(name).training.min_records
-        if since is None or self._vigil.repo.count_window(name, since) < min_records:
+        reviewed_in = self._vigil.detector(name).review.states_into_training
+        if since is None or self._vigil.repo.count_window(name, since, reviewed_in) < min_records:
             return False
         return self._backoff_over(name)
 
@@ -152,6 +154,25 @@ class Trainer:
                 return "this schedule slot was already trained (by this or another instance)"
         return None
 
+    def _tune_with_reviews(self, name: str, det: DetectorConfig, fitted: FittedModel) -> None:
+        """With enough verdicts, move the threshold to the best F1 on reviewed outliers within the FP budget."""
+        review = det.review
+        if not review.tune_threshold or fitted.val_scores is None:
+            return
+        reviewed = self._vigil.repo.reviews.reviewed_fields(name)
+        confirmed = [fields for verdict, fields in reviewed if verdict == "confirmed"]
+        dismissed = [fields for verdict, fields in reviewed if verdict == "dismissed"]
+        if len(confirmed) + len(dismissed) < review.min_verdicts or not confirmed or not dismissed:
+            return
+        now = datetime.now(UTC)
+        reviewed_records = [PendingRecord(i, now, None, f) for i, f in enumerate(confirmed + dismissed)]
+        scores = fitted.score(records_frame(reviewed_records, det.feature_schema)).scores
+        tuned, summary = tune_with_reviews(fitted.threshold, fitted.val_scores, scores[: len(confirmed)],
+                                           scores[len(confirmed):], det.threshold.target_fpr * review.max_fpr_factor)
+        fitted.threshold = tuned
+        fitted.report["review_tuning"] = summary
+        logger.info("threshold tuned with reviews", extra={"detector": name, **summary})
+
     def train(self, name: str, trigger: str = "manual",
               on_epoch: Callable[[EpochStats], None] | None = None) -> TrainingOutcome:
         with self._lock:
@@ -177,7 +198,7 @@ class Trainer:
         run_id = vigil.repo.start_training_run(name, trigger)
         started = time.perf_counter()
         since = self.window_since(name) or datetime.now(UTC)
-        records = vigil.repo.training_window(name, since, det.training.max_records)
+        records = vigil.repo.training_window(name, since, det.training.max_records, det.review.states_into_training)
         if len(records) < det.training.min_records:
             message = (f"window holds {len(records)} records, training needs min_records="
                        f"{det.training.min_records}")
@@ -211,7 +232,6 @@ class Trainer:
         try:
             fitted = fit_model(frame, det.feature_schema, model_settings,
                                train_settings, threshold_settings, on_epoch=hook, trim_fraction=trim)
-            weights, meta = fitted.to_artifact()
         except (TrainingError, TrainingAborted, ValueError, KeyError, RuntimeError) as exc:
             message = f"{exc.__class__.__name__}: {exc}"
             vigil.repo.finish_training_run(run_id, "failed", message, n_records=len(records),
@@ -222,6 +242,8 @@ class Trainer:
                          exc_info=not isinstance(exc, TrainingError | TrainingAborted))
             return TrainingOutcome("failed", message)
 
+        self._tune_with_reviews(name, det, fitted)
+        weights, meta = fitted.to_artifact()
         meta["window"] = {"start": records[0].ts.isoformat(), "end": records[-1].ts.isoformat(),
                           "records": len(records), "trigger": trigger}
         meta["diversity"] = report.to_dict()

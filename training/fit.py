@@ -147,6 +147,8 @@ class FittedModel:
         self.network = network.cpu().eval()
         self.report = report
         self.ranges: dict[str, tuple[float, float]] = dict(ranges or {})
+        # held-out normal scores of the run that fitted the threshold (kept in memory, not in the artifact)
+        self.val_scores: npt.NDArray[np.float64] | None = None
 
     def score(
         self, frame: pd.DataFrame, batch_size: int = 8192, device: str | torch.device = "cpu"
@@ -276,8 +278,10 @@ def fit_model(
     outcome = train_autoencoder(preprocessor.transform(frame), spec, train, on_epoch)
     fitted_threshold = fit_quantile_threshold(outcome.val_errors, threshold.target_fpr)
     report = _report(outcome, fitted_threshold, model, train, threshold, n_rows=len(frame))
-    return FittedModel(schema, preprocessor, spec, train.loss, fitted_threshold, outcome.model, report,
-                       _numeric_ranges(frame, schema))
+    fitted = FittedModel(schema, preprocessor, spec, train.loss, fitted_threshold, outcome.model, report,
+                         _numeric_ranges(frame, schema))
+    fitted.val_scores = np.asarray(outcome.val_errors, dtype=np.float64)
+    return fitted
 
 
 def _numeric_ranges(frame: pd.DataFrame, schema: Schema) -> dict[str, tuple[float, float]]:

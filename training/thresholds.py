@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Threshold", "fit_quantile_threshold"]
+__all__ = ["Threshold", "fit_quantile_threshold", "tune_with_reviews"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,3 +71,49 @@ def fit_quantile_threshold(errors: npt.NDArray[np.floating[Any]], target_fpr: fl
         n_holdout=n,
         expected_outlier_rate=max(float(target_fpr), 1.0 / (n + 1)),
     )
+
+
+def tune_with_reviews(
+    threshold: Threshold,
+    val_scores: npt.NDArray[np.floating[Any]],
+    confirmed: npt.NDArray[np.floating[Any]],
+    dismissed: npt.NDArray[np.floating[Any]],
+    max_fpr: float,
+) -> tuple[Threshold, dict[str, Any]]:
+    """The threshold with the best F1 on reviewed outliers whose rate on held-out normals stays <= max_fpr.
+
+    `confirmed` and `dismissed` are the current model's scores of outliers people confirmed as real
+    and dismissed as false alarms; `val_scores` are the held-out normal scores the threshold was
+    fitted on. Candidates are the fitted threshold and the points just above and below each
+    reviewed score; ties go to the higher threshold (fewer alerts). Returns the threshold (method
+    suffixed "+reviews" when it moved) and a JSON-able summary.
+    """
+    val = np.asarray(val_scores, dtype=np.float64)
+    pos = np.asarray(confirmed, dtype=np.float64)
+    neg = np.asarray(dismissed, dtype=np.float64)
+    reviewed = np.concatenate([pos, neg])
+    candidates = np.unique(np.concatenate([[threshold.value], reviewed, np.nextafter(reviewed, -np.inf)]))
+
+    def f1(t: float) -> float:
+        tp = float(np.sum(pos > t))
+        fp = float(np.sum(neg > t))
+        fn = float(np.sum(pos <= t))
+        return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+    best, best_f1 = threshold.value, f1(threshold.value)
+    for t in candidates[::-1]:            # high to low: a tie keeps the higher threshold
+        if float(np.mean(val > t)) > max_fpr:
+            break
+        score = f1(float(t))
+        if score > best_f1 + 1e-12:
+            best, best_f1 = float(t), score
+    summary = {"confirmed": int(pos.size), "dismissed": int(neg.size), "threshold_before": threshold.value,
+               "threshold_after": best, "f1_before": f1(threshold.value), "f1_after": best_f1,
+               "max_fpr": max_fpr}
+    if best == threshold.value:
+        return threshold, summary
+    rate = float(np.mean(val > best)) if val.size else threshold.expected_outlier_rate
+    tuned = Threshold(value=best, method=f"{threshold.method}+reviews", target_fpr=threshold.target_fpr,
+                      n_holdout=threshold.n_holdout,
+                      expected_outlier_rate=max(rate, 1.0 / (threshold.n_holdout + 1)))
+    return tuned, summary

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import ColumnElement, and_, delete, exists, func, insert, or_, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -18,6 +18,7 @@ from detector.errors import StorageError
 from detector.metrics import StoreSnapshot
 from detector.records import Rejection, ValidRecord
 from detector.store.tables import (
+    MaintenanceWindowRow,
     ModelVersionRow,
     OutlierRow,
     RecordRow,
@@ -117,6 +118,25 @@ class DetectorCounts:
     extra: dict[str, int] = field(default_factory=dict)
 
 
+def _reviewed_into_training(states: Sequence[str]) -> ColumnElement[bool]:
+    """The record's outlier row has a review state that lets it into training (e.g. dismissed)."""
+    return exists().where(OutlierRow.record_id == RecordRow.id, OutlierRow.review_state.in_(list(states)))
+
+
+def _in_maintenance() -> ColumnElement[bool]:
+    return exists().where(MaintenanceWindowRow.detector == RecordRow.detector,
+                          MaintenanceWindowRow.start <= RecordRow.ts, MaintenanceWindowRow.end > RecordRow.ts)
+
+
+def _trainable(reviewed_in: Sequence[str]) -> ColumnElement[bool]:
+    """Records a model may learn from: not flagged (or flagged and reviewed into training), and not
+    inside a maintenance window."""
+    allowed: ColumnElement[bool] = RecordRow.is_outlier.is_(False)
+    if reviewed_in:
+        allowed = or_(allowed, _reviewed_into_training(reviewed_in))
+    return and_(allowed, ~_in_maintenance())
+
+
 def _model(row: ModelVersionRow, with_weights: bool) -> ModelVersion:
     return ModelVersion(
         id=row.id, detector=row.detector, version=row.version, status=row.status,
@@ -130,7 +150,10 @@ class Repository:
     """The store's API in domain terms. Every method is one transaction."""
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
+        from detector.store.reviews import Reviews
+
         self._sessions = sessions
+        self.reviews = Reviews(sessions)
 
     def dispose(self) -> None:
         """Close the pooled connections (for tools and tests; the daemon keeps them)."""
@@ -221,22 +244,24 @@ class Repository:
             return scored
 
     # -- training ----------------------------------------------------------------------------
-    def training_window(self, detector: str, since: datetime, limit: int) -> list[PendingRecord]:
-        """The newest `limit` records since `since`, excluding records flagged as outliers."""
+    def training_window(self, detector: str, since: datetime, limit: int,
+                        reviewed_in: Sequence[str] = ("dismissed",)) -> list[PendingRecord]:
+        """The newest `limit` trainable records since `since`, oldest first (see `_trainable`)."""
         with self._read("read training window") as session:
             rows = session.execute(
                 select(RecordRow.id, RecordRow.ts, RecordRow.key, RecordRow.fields)
-                .where(RecordRow.detector == detector, RecordRow.ts >= since, RecordRow.is_outlier.is_(False))
+                .where(RecordRow.detector == detector, RecordRow.ts >= since, _trainable(reviewed_in))
                 .order_by(RecordRow.ts.desc(), RecordRow.id.desc()).limit(limit)
             ).all()
         return [PendingRecord(r.id, r.ts, r.key, r.fields) for r in reversed(rows)]
 
-    def count_flagged(self, detector: str, since: datetime) -> int:
-        """Records since `since` left out of training because a model flagged them."""
+    def count_flagged(self, detector: str, since: datetime, reviewed_in: Sequence[str] = ("dismissed",)) -> int:
+        """Records since `since` left out of training because a model flagged them (and no review let them in)."""
         with self._read("count flagged records") as session:
             return int(session.scalar(
                 select(func.count()).select_from(RecordRow)
-                .where(RecordRow.detector == detector, RecordRow.ts >= since, RecordRow.is_outlier.is_(True))
+                .where(RecordRow.detector == detector, RecordRow.ts >= since, RecordRow.is_outlier.is_(True),
+                       ~_reviewed_into_training(reviewed_in))
             ) or 0)
 
     def earliest_ts(self, detector: str) -> datetime | None:
@@ -247,11 +272,11 @@ class Repository:
         with self._read("read latest record time") as session:
             return session.scalar(select(func.max(RecordRow.ts)).where(RecordRow.detector == detector))
 
-    def count_window(self, detector: str, since: datetime) -> int:
+    def count_window(self, detector: str, since: datetime, reviewed_in: Sequence[str] = ("dismissed",)) -> int:
         with self._read("count training window") as session:
             return int(session.scalar(
                 select(func.count()).select_from(RecordRow)
-                .where(RecordRow.detector == detector, RecordRow.ts >= since, RecordRow.is_outlier.is_(False))
+                .where(RecordRow.detector == detector, RecordRow.ts >= since, _trainable(reviewed_in))
             ) or 0)
 
     @contextmanager
@@ -395,14 +420,16 @@ class Repository:
                                      .where(RecordRow.state == "pending").group_by(RecordRow.detector)).all()
             models = session.execute(select(ModelVersionRow.detector, ModelVersionRow.created_at)
                                      .where(ModelVersionRow.status == "active")).all()
-            backlog = session.execute(select(OutlierRow.detector, func.count())
-                                      .where(OutlierRow.review_state == "unreviewed")
-                                      .group_by(OutlierRow.detector)).all()
+            reviews = session.execute(select(OutlierRow.detector, OutlierRow.review_state, func.count())
+                                      .group_by(OutlierRow.detector, OutlierRow.review_state)).all()
+        by_state: dict[str, dict[str, int]] = {"unreviewed": {}, "confirmed": {}, "dismissed": {}}
+        for detector, state, n in reviews:
+            by_state.setdefault(state, {})[detector] = int(n)
         return StoreSnapshot(
             records=records,
             oldest_pending={d: t.timestamp() for d, t in oldest if t is not None},
             model_trained={d: t.timestamp() for d, t in models},
-            unreviewed={d: int(n) for d, n in backlog})
+            unreviewed=by_state["unreviewed"], confirmed=by_state["confirmed"], dismissed=by_state["dismissed"])
 
     def counts(self) -> dict[str, DetectorCounts]:
         """Records by state, rejects and outliers for every detector that has any."""

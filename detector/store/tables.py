@@ -30,6 +30,7 @@ __all__ = [
     "Blob",
     "Id",
     "JsonType",
+    "MaintenanceWindowRow",
     "ModelVersionRow",
     "NullableJson",
     "OutlierRow",
@@ -157,8 +158,25 @@ class OutlierRow(Base):
     review_state: Mapped[str] = mapped_column(String(16), default="unreviewed")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     ood: Mapped[dict[str, Any] | None] = mapped_column(NullableJson)
+    review_note: Mapped[str | None] = mapped_column(Text)
+    reviewer: Mapped[str | None] = mapped_column(String(128))
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
-    __table_args__ = (Index(None, "detector", "ts"), Index(None, "record_id"))
+    __table_args__ = (Index(None, "detector", "ts"), Index(None, "record_id"), Index(None, "detector", "review_state"))
+
+
+class MaintenanceWindowRow(Base):
+    """A declared time range of a detector whose records are neither flagged nor used for training."""
+
+    __tablename__ = "maintenance_windows"
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    detector: Mapped[str] = mapped_column(String(64))
+    start: Mapped[datetime] = mapped_column(UTCDateTime())
+    end: Mapped[datetime] = mapped_column(UTCDateTime())
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index(None, "detector", "start"),)
 
 
 class TrainingRunRow(Base):

@@ -215,6 +215,20 @@ class Client:
         body: dict[str, Any] = response.json()
         return body
 
+    def review_first_outlier(self, detector: str) -> None:
+        """Wait for an outlier of `detector` and dismiss it (verdict metrics need one)."""
+        token = self.token_file.read_text(encoding="utf-8").strip()
+        found: list[dict[str, Any]] = []
+
+        def flagged() -> bool:
+            found[:] = self.vigil.get("/v1/outliers", params={"detector": detector}).json()["outliers"]
+            return bool(found)
+
+        wait_for(flagged, 30, f"an outlier of {detector}")
+        answer = self.vigil.post(f"/v1/outliers/{found[0]['id']}/review", json={"verdict": "dismissed"},
+                                 headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 200, answer.text
+
     def model(self, detector: str) -> Any:
         return self.vigil.get("/v1/status").json()["detectors"][detector]["model"]
 
@@ -278,6 +292,7 @@ def _check_queries(client: Client, daemon: Process, prometheus: Process) -> None
     bad = {"ts": now.isoformat(), "host": "web-1", "load": 0.5, "cpu": 40.0, "latency": "fast", "region": "eu-west"}
     body = client.post("web", [*anomalous_records(5), bad], expect=422)
     assert body["accepted"] == 5 and [r["reason"] for r in body["rejected"]] == ["wrong_type"]
+    client.review_first_outlier("web")       # review panels need a verdict
 
     board = dashboard()
     queries = {f"panel {title!r} [{i}]": substitute(expr, VARIABLES)

@@ -444,7 +444,7 @@ def test_status_before_any_model(client: TestClient, auth: dict[str, str]) -> No
     assert status["model"] is None
     assert status["last_training"] is None
     assert client.get("/v1/models").json() == {"models": []}
-    assert client.get("/v1/outliers").json() == {"outliers": []}
+    assert client.get("/v1/outliers").json() == {"outliers": [], "total": 0, "limit": 50, "offset": 0}
     assert metric(client.get("/metrics").text, "vigil_model_info", detector="web", version="1") is None
 
 
@@ -515,7 +515,7 @@ def test_outliers_are_explained(client: TestClient, runtime: Runtime,
     later = START + timedelta(days=1)
     assert trained(normal_records(40, seed=5, start=later) + anomalous_records(5, later)) == 45
 
-    outliers = client.get("/v1/outliers", params={"detector": "web", "limit": 1000}).json()["outliers"]
+    outliers = client.get("/v1/outliers", params={"detector": "web", "limit": 1000, "sort": "id"}).json()["outliers"]
     new = [o for o in outliers if o["id"] not in before]
     injected = [o for o in new if o["fields"]["cpu"] == 99.0]
     assert len(injected) == 5
