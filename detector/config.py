@@ -450,7 +450,8 @@ def _format_errors(exc: ValidationError, raw: Any) -> str:
             msg = "required key is missing"
         else:
             msg = str(error["msg"]).removeprefix("Value error, ")
-            if "input" in error and error["type"] not in ("model_type", "dict_type"):
+            secret = loc.rsplit(".", 1)[-1] in ("url", "password", "token")   # may hold a password
+            if "input" in error and error["type"] not in ("model_type", "dict_type") and not secret:
                 msg += f" (got {error['input']!r})"
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
