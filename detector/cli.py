@@ -13,7 +13,7 @@ import click
 
 from detector import __version__
 from detector.cli_common import config_option, load, prepare_torch, short, table
-from detector.cli_data import check_data, models_show
+from detector.cli_data import check_data, models_promote, models_rollback, models_show
 from detector.cli_review import maintenance, outliers_export, outliers_review, outliers_show
 from detector.errors import ConfigError, VigilError
 
@@ -46,7 +46,7 @@ def run(config_path: Path, log_format: str) -> None:
     from detector.server import serve
 
     runtime = build_runtime(config)
-    serve(runtime)
+    serve(runtime, config_path)
 
 
 @cli.command()
@@ -195,6 +195,8 @@ def models_list(config_path: Path, detector: str | None) -> None:
 
 
 models.add_command(models_show)
+models.add_command(models_promote)
+models.add_command(models_rollback)
 cli.add_command(check_data)
 outliers.add_command(outliers_show)
 outliers.add_command(outliers_review)

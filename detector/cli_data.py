@@ -15,7 +15,7 @@ from detector.cli_common import config_option, load, short, table
 from detector.config import DetectorConfig, ModelConfig
 from detector.errors import IngestError, UnknownDetectorError, VigilError
 
-__all__ = ["check_data", "models_show"]
+__all__ = ["check_data", "models_promote", "models_rollback", "models_show"]
 
 
 def _report_for_detector(config_path: Path, detector: str) -> dict[str, Any]:
@@ -113,6 +113,39 @@ def check_data(detector: str | None, file: Path | None, as_json: bool, config_pa
 
 def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value else None
+
+
+def _one_detector(config_path: Path, detector: str | None) -> tuple[str, Any]:
+    from detector.store.db import open_repository
+
+    config = load(config_path)
+    if detector is None:
+        if len(config.detectors) != 1:
+            raise click.UsageError("several detectors are configured: name one with --detector")
+        detector = next(iter(config.detectors))
+    _detector(config.detectors, detector)
+    return detector, open_repository(config.store_url)
+
+
+@click.command("promote")
+@click.argument("version", type=int)
+@click.option("--detector", "-d", help="Detector of the version (needed when several are configured).")
+@config_option
+def models_promote(version: int, detector: str | None, config_path: Path) -> None:
+    """Make VERSION the active model (a running daemon switches at its next scoring run)."""
+    name, repo = _one_detector(config_path, detector)
+    model = repo.promote(name, version)
+    click.echo(f"{name}: v{model.version} is active")
+
+
+@click.command("rollback")
+@click.argument("detector")
+@config_option
+def models_rollback(detector: str, config_path: Path) -> None:
+    """Go back to the version before the active one."""
+    name, repo = _one_detector(config_path, detector)
+    model = repo.rollback(name)
+    click.echo(f"{name}: rolled back to v{model.version}")
 
 
 @click.command("show")

@@ -84,6 +84,7 @@ class StoreConfig(Section):
     retention: PositiveDuration = Field(default=7 * 86400.0)
     reject_retention: PositiveDuration = Field(default=7 * 86400.0)
     retention_interval: PositiveDuration = Field(default=3600.0)
+    keep_model_versions: int = Field(default=10, ge=1)
 
     @field_validator("url")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -18,6 +19,7 @@ from prometheus_client.process_collector import ProcessCollector
 from detector.config import Config, DemoSourceConfig, FileSourceConfig, PrometheusSourceConfig, SqlSourceConfig
 from detector.errors import SourceError, StorageError
 from detector.metrics import Metrics, StoreCollector
+from detector.notify import Heartbeats, Notifier, Watchdog
 from detector.scheduler import JobScheduler, training_trigger
 from detector.scoring import ModelCache, Scorer
 from detector.service import Vigil
@@ -33,6 +35,8 @@ __all__ = ["Runtime", "build_runtime", "ensure_token"]
 
 logger = logging.getLogger(__name__)
 
+SCORE_STALL_S = 120.0   # a score job silent (or running) this long stops the watchdog pings
+POLL_STALL_S = 300.0
 _COMPONENTS = {"score": "scoring", "train": "training", "poll": "source", "retention": "store"}
 
 
@@ -79,6 +83,10 @@ class Runtime:
     token: str
     sources: list[PullSource] = field(default_factory=list)
     scheduler: JobScheduler | None = None
+    heartbeats: Heartbeats = field(default_factory=Heartbeats)
+    notifier: Notifier = field(default_factory=Notifier)
+    watchdog: Watchdog | None = None
+    _reload_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _on_job_error(self, job_id: str, exc: BaseException) -> None:
         component = _COMPONENTS.get(job_id.split(":", 1)[0], "daemon")
@@ -91,40 +99,125 @@ class Runtime:
             logger.error("job failed", extra={"job": job_id, "error": str(exc)}, exc_info=exc)
 
     def score_job(self, name: str) -> None:
-        if self.trainer.ready_for_first_model(name) and self.scheduler is not None:
+        due = self.trainer.ready_for_first_model(name) or (
+            name in self.scorer.incompatible and not self.trainer.is_running(name))
+        if due and self.scheduler is not None:
             self.scheduler.run_soon(f"train:{name}")
         self.scorer.score(name)
 
     def train_job(self, name: str) -> None:
-        first = self.vigil.repo.active_model_id(name) is None
-        self.trainer.train(name, "first" if first else "schedule")
+        if self.vigil.repo.active_model_id(name) is None:
+            trigger = "first"
+        elif name in self.scorer.incompatible:
+            trigger = "features"      # the features changed in a reload: the active model no longer fits
+        else:
+            trigger = "schedule"
+        self.trainer.train(name, trigger)
+
+    def reload(self, path: Path) -> bool:
+        """Apply a changed config file (SIGHUP): detectors added, removed or changed, without a restart.
+
+        An invalid file keeps the running config; [daemon], [store] and [http] need a restart.
+        """
+        from detector.config import load_config
+        from detector.errors import ConfigError
+        from detector.scheduler import check_schedules
+
+        try:
+            new = load_config(path)
+            check_schedules(new, str(path))
+        except ConfigError as exc:
+            logger.error("config reload refused: the running config stays", extra={"error": str(exc)})
+            return False
+        with self._reload_lock:
+            old = self.config
+            fixed = [s for s in ("daemon", "store", "http") if getattr(old, s) != getattr(new, s)]
+            if fixed:
+                logger.warning("config sections changed that need a restart; they keep their running values",
+                               extra={"sections": fixed})
+            new = new.model_copy(update={"daemon": old.daemon, "store": old.store, "http": old.http})
+            added = sorted(new.detectors.keys() - old.detectors.keys())
+            removed = sorted(old.detectors.keys() - new.detectors.keys())
+            changed = sorted(n for n in new.detectors.keys() & old.detectors.keys()
+                             if new.detectors[n] != old.detectors[n])
+            self.config = new
+            self.vigil.use_config(new)
+            self.vigil.metrics.initialise({n: new.detectors[n].source.type for n in added + changed})
+            fresh = {s.detector: s for s in build_sources(self.vigil) if s.detector in added + changed}
+            self.sources = [s for s in self.sources if s.detector not in removed + changed] + list(fresh.values())
+            if self.scheduler is not None:
+                for name in removed + changed:
+                    self._unschedule_detector(self.scheduler, name)
+                for name in added + changed:
+                    self._schedule_detector(self.scheduler, name)
+        logger.info("config reloaded", extra={"added": added, "removed": removed, "changed": changed})
+        return True
 
     def retention_job(self) -> None:
         now = datetime.now(UTC)
         store = self.config.store
         records, rejects = self.vigil.repo.purge(now - timedelta(seconds=store.retention),
                                                  now - timedelta(seconds=store.reject_retention))
-        if records or rejects:
-            logger.info("retention", extra={"records_deleted": records, "rejects_deleted": rejects})
+        pruned = sum(self.vigil.repo.prune_models(name, store.keep_model_versions) for name in self.config.detectors)
+        if records or rejects or pruned:
+            logger.info("retention", extra={"records_deleted": records, "rejects_deleted": rejects,
+                                            "model_versions_pruned": pruned})
+
+    def _schedule_detector(self, scheduler: JobScheduler, name: str) -> None:
+        det = self.config.detectors[name]
+        for source in self.sources:
+            if source.detector == name:
+                job = f"poll:{name}"
+                scheduler.every(job, source.poll_interval_s, self.heartbeats.wrap(job, source.poll))
+                self.heartbeats.watch(job, max(10 * source.poll_interval_s, POLL_STALL_S))
+        job = f"score:{name}"
+        scheduler.every(job, det.scoring.interval, self.heartbeats.wrap(job, partial(self.score_job, name)))
+        self.heartbeats.watch(job, max(10 * det.scoring.interval, SCORE_STALL_S))
+        scheduler.on_trigger(f"train:{name}", training_trigger(det.training), partial(self.train_job, name))
+
+    def _unschedule_detector(self, scheduler: JobScheduler, name: str) -> None:
+        for job in (f"poll:{name}", f"score:{name}", f"train:{name}"):
+            scheduler.remove(job)
+            self.heartbeats.forget(job)
 
     def start(self) -> None:
         abandoned = self.vigil.repo.abandon_running_runs()
         if abandoned:
             logger.warning("training runs interrupted by the last stop", extra={"runs": abandoned})
         scheduler = JobScheduler(self._on_job_error)
-        for source in self.sources:
-            scheduler.every(f"poll:{source.detector}", source.poll_interval_s, source.poll)
-        for name, det in self.config.detectors.items():
-            scheduler.every(f"score:{name}", det.scoring.interval, partial(self.score_job, name))
-            scheduler.on_trigger(f"train:{name}", training_trigger(det.training),
-                                 partial(self.train_job, name))
+        for name in self.config.detectors:
+            self._schedule_detector(scheduler, name)
         scheduler.every("retention", self.config.store.retention_interval, self.retention_job)
         self.scheduler = scheduler
         scheduler.start()
         logger.info("daemon started", extra={"detectors": sorted(self.config.detectors)})
 
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: detectors, active model versions, last training."""
+        parts, last = [], None
+        for name in self.config.detectors:
+            model = self.vigil.repo.active_model(name, with_weights=False)
+            parts.append(f"{name} v{model.version}" if model else f"{name} no model")
+            run = self.vigil.repo.last_counted_run(name)
+            if run is not None and (last is None or run.started_at > last[1].started_at):
+                last = (name, run)
+        text = f"{len(parts)} detector{'s' if len(parts) != 1 else ''}: " + ", ".join(parts)
+        if last is not None:
+            text += f"; last training {last[0]} {last[1].result} {last[1].started_at:%Y-%m-%d %H:%M}Z"
+        return text
+
+    def ready(self) -> None:
+        """Tell systemd the daemon is up (migrations ran, jobs are scheduled, HTTP listens)."""
+        self.notifier.send("READY=1", f"STATUS={self.status_line()}")
+        self.watchdog = Watchdog(self.notifier, self.heartbeats, self.status_line)
+        self.watchdog.start()
+        logger.info("ready", extra={"watchdog_interval_s": self.watchdog.interval_s})
+
     def stop(self) -> None:
+        self.notifier.send("STOPPING=1")
         self.vigil.stopping.set()
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
         logger.info("daemon stopped")

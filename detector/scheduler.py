@@ -71,6 +71,11 @@ class JobScheduler:
     def on_trigger(self, job_id: str, trigger: CronTrigger | IntervalTrigger, func: Callable[[], Any]) -> None:
         self._scheduler.add_job(func, trigger, id=job_id, replace_existing=True)
 
+    def remove(self, job_id: str) -> None:
+        """Remove a job if it exists (a run in flight finishes)."""
+        if self._scheduler.get_job(job_id) is not None:
+            self._scheduler.remove_job(job_id)
+
     def run_soon(self, job_id: str) -> None:
         """Bring a job's next run forward to now (it still never runs twice at once)."""
         job = self._scheduler.get_job(job_id)

@@ -72,6 +72,7 @@ class Scorer:
     def __init__(self, vigil: Vigil, cache: ModelCache) -> None:
         self._vigil = vigil
         self._cache = cache
+        self.incompatible: set[str] = set()   # detectors whose active model no longer fits their features
 
     def _score_batch(self, name: str, active: ActiveModel, pending: list[PendingRecord]) -> list[ScoredRecord]:
         det = self._vigil.detector(name)
@@ -100,6 +101,13 @@ class Scorer:
         if active is None:
             return 0
         det = self._vigil.detector(name)
+        if active.model.schema != det.feature_schema:
+            if name not in self.incompatible:
+                logger.warning("the active model does not fit the detector's features: records wait for a new one",
+                               extra={"detector": name, "version": active.version})
+            self.incompatible.add(name)
+            return 0
+        self.incompatible.discard(name)
         metrics = self._vigil.metrics
         total = 0
         for _ in range(max_batches):

@@ -32,10 +32,16 @@ class Vigil:
         self.repo = repo
         self.metrics = metrics
         self.stopping = threading.Event()
+        self._validators: dict[str, RecordValidator] = {}
+        self.use_config(config)
+
+    def use_config(self, config: Config) -> None:
+        """Switch to a new configuration (a reload): detectors added, removed or changed."""
         self._validators = {
             name: RecordValidator(det.feature_schema, det.ts_field, det.key_field)
             for name, det in config.detectors.items()
         }
+        self.config = config
 
     def detector(self, name: str) -> DetectorConfig:
         try:

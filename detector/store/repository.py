@@ -14,7 +14,7 @@ from sqlalchemy import ColumnElement, and_, delete, exists, func, insert, or_, s
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from detector.errors import StorageError
+from detector.errors import StorageError, VigilError
 from detector.metrics import StoreSnapshot
 from detector.records import Rejection, ValidRecord
 from detector.store.tables import (
@@ -361,6 +361,48 @@ class Repository:
             session.add(row)
             session.flush()
             return _model(row, with_weights=False)
+
+    def promote(self, detector: str, version: int) -> ModelVersion:
+        """Make `version` the active model of `detector` (the active one is retired) in one transaction."""
+        now = datetime.now(UTC)
+        with self._tx("promote model") as session:
+            row = session.scalar(select(ModelVersionRow).where(
+                ModelVersionRow.detector == detector, ModelVersionRow.version == version).with_for_update())
+            if row is None:
+                raise VigilError(f"detector {detector!r} has no model version {version}")
+            if row.status == "pruned" or not row.weights:
+                raise VigilError(f"model version {version} of {detector!r} was pruned (its weights are gone)")
+            if row.status != "active":
+                session.execute(update(ModelVersionRow).where(
+                    ModelVersionRow.detector == detector, ModelVersionRow.status == "active"
+                ).values(status="retired"))
+                row.status, row.activated_at = "active", now
+            session.flush()
+            return _model(row, with_weights=False)
+
+    def rollback(self, detector: str) -> ModelVersion:
+        """Activate the newest usable version older than the active one."""
+        active = self.active_model(detector, with_weights=False)
+        if active is None:
+            raise VigilError(f"detector {detector!r} has no active model to roll back from")
+        with self._read("find previous model") as session:
+            previous = session.scalar(select(ModelVersionRow.version).where(
+                ModelVersionRow.detector == detector, ModelVersionRow.version < active.version,
+                ModelVersionRow.status.in_(("retired", "candidate"))).order_by(ModelVersionRow.version.desc()))
+        if previous is None:
+            raise VigilError(f"detector {detector!r} has no earlier model version to roll back to")
+        return self.promote(detector, previous)
+
+    def prune_models(self, detector: str, keep: int) -> int:
+        """Drop the weights of all but the newest `keep` versions (never the active one); rows stay."""
+        with self._tx("prune models") as session:
+            keep_ids = select(ModelVersionRow.id).where(ModelVersionRow.detector == detector).order_by(
+                ModelVersionRow.version.desc()).limit(keep).scalar_subquery()
+            result = session.execute(update(ModelVersionRow).where(
+                ModelVersionRow.detector == detector, ModelVersionRow.status != "active",
+                ModelVersionRow.status != "pruned", ModelVersionRow.id.not_in(keep_ids)
+            ).values(status="pruned", weights=b""))
+            return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     def active_model(self, detector: str, with_weights: bool = True) -> ModelVersion | None:
         with self._read("read active model") as session:
