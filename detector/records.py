@@ -277,7 +277,9 @@ def parse_json_body(body: bytes, content_type: str) -> list[Any]:
         else:
             return doc if isinstance(doc, list) else [doc]
     records: list[Any] = []
-    for line in text.splitlines():
+    # only "\n" ends a line: str.splitlines() also splits at U+2028, U+2029 and U+0085, which JSON
+    # strings may hold unescaped (JSON.stringify writes them), cutting a good record in two
+    for line in text.split("\n"):
         if not line.strip():
             continue
         try:
