@@ -21,6 +21,10 @@ logger = logging.getLogger(__name__)
 OTHER = "__other__"
 UNSEEN = "__unseen__"
 MISSING = "__missing__"
+# Encoded numeric values are clipped to this many scale units from the centre: a finite value beyond
+# float32's range (validation accepts 1e39) would otherwise become inf, making training diverge and a
+# score's explanation unreadable. A record this far out still scores far above any threshold.
+NUMERIC_CLIP = 1e6
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +155,9 @@ class Preprocessor:
             return self._one_hot(f, state, strings, missing)
         if isinstance(state, _Numeric):
             values, missing = numeric_values(column, f.name, f.optional)
-            encoded = (np.where(missing, state.fill, values) - state.center) / state.scale
+            with np.errstate(over="ignore"):     # beyond float64 (1e308 - -1e308) is inf, clipped below
+                encoded = (np.where(missing, state.fill, values) - state.center) / state.scale
+            encoded = np.clip(encoded, -NUMERIC_CLIP, NUMERIC_CLIP)
         else:
             values, missing = boolean_values(column, f.name, f.optional)
             encoded = np.where(missing, 0.5, values)
