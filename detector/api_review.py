@@ -9,7 +9,7 @@ import logging
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
@@ -23,6 +23,9 @@ __all__ = ["outlier_json", "review_router"]
 logger = logging.getLogger(__name__)
 
 ReviewState = Literal["unreviewed", "confirmed", "dismissed"]
+# SQL integers are 64-bit: a larger id or offset made the SQLite driver raise OverflowError (a 500)
+_INT64 = {"ge": -(2**63), "le": 2**63 - 1}
+SqlInt = Annotated[int, Field(**_INT64)]
 Verdict = Literal["confirmed", "dismissed"]
 
 
@@ -35,7 +38,7 @@ class ReviewRequest(BaseModel):
 
 
 class BulkReviewRequest(ReviewRequest):
-    ids: list[int] = Field(min_length=1, max_length=1000)
+    ids: list[SqlInt] = Field(min_length=1, max_length=1000)
 
 
 class MaintenanceRequest(BaseModel):
@@ -77,7 +80,7 @@ def review_router(runtime: Runtime, require_token: Any, read_access: Any) -> API
         min_ratio: Annotated[float | None, Query(description="minimum score / threshold")] = None,
         key: str | None = None, sort: Literal["ts", "score", "ratio", "id"] = "ts",
         order: Literal["asc", "desc"] = "desc", limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=_INT64["le"])] = 0,
     ) -> dict[str, Any]:
         f = _filter(runtime, detector, since, until, review_state, min_score, min_ratio, key)
         rows, total = await run_in_threadpool(reviews.query, f, limit, offset, sort, order == "desc")
@@ -95,7 +98,7 @@ def review_router(runtime: Runtime, require_token: Any, read_access: Any) -> API
                         headers={"Content-Disposition": 'attachment; filename="outliers.csv"'})
 
     @router.get("/v1/outliers/{outlier_id}", summary="One outlier in full, with its model and the key's scores")
-    async def one_outlier(outlier_id: int) -> dict[str, Any]:
+    async def one_outlier(outlier_id: Annotated[int, Path(**_INT64)]) -> dict[str, Any]:
         detail = await run_in_threadpool(reviews.detail, outlier_id)
         if detail is None:
             raise HTTPException(404, f"no outlier {outlier_id}")
@@ -117,7 +120,7 @@ def review_router(runtime: Runtime, require_token: Any, read_access: Any) -> API
 
     @router.post("/v1/outliers/{outlier_id}/review", dependencies=[Depends(require_token)],
                  summary="Confirm or dismiss one outlier")
-    async def review_one(outlier_id: int, req: ReviewRequest) -> dict[str, Any]:
+    async def review_one(outlier_id: Annotated[int, Path(**_INT64)], req: ReviewRequest) -> dict[str, Any]:
         result = await _verdict([outlier_id], req)
         if result["missing"]:
             raise HTTPException(404, f"no outlier {outlier_id}")
@@ -147,7 +150,7 @@ def review_router(runtime: Runtime, require_token: Any, read_access: Any) -> API
 
     @router.delete("/v1/detectors/{name}/maintenance/{window_id}", dependencies=[Depends(require_token)],
                    summary="Remove a maintenance window")
-    async def delete_window(name: str, window_id: int) -> dict[str, Any]:
+    async def delete_window(name: str, window_id: Annotated[int, Path(**_INT64)]) -> dict[str, Any]:
         runtime.vigil.detector(name)
         if not await run_in_threadpool(reviews.delete_window, name, window_id):
             raise HTTPException(404, f"detector {name!r} has no maintenance window {window_id}")
