@@ -12,6 +12,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import DataError, DBAPIError, StatementError
 from starlette.responses import Response
 
 from detector import __version__
@@ -29,6 +30,16 @@ logger = logging.getLogger(__name__)
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     headers = {"Retry-After": "5"} if status == 503 else None
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def _value_refused(exc: StorageError) -> bool:
+    """The database or its driver refused a value the request supplied (NUL in PostgreSQL text, a time that
+    overflows when converted to UTC): the store is fine and retrying cannot help, so not a 503."""
+    cause = exc.cause
+    if isinstance(cause, DataError):
+        return True
+    return (isinstance(cause, StatementError) and not isinstance(cause, DBAPIError)
+            and isinstance(cause.orig, OverflowError | ValueError))
 
 
 def _runtime(request: Request) -> Runtime:
@@ -84,6 +95,9 @@ def create_app(runtime: Runtime, manage_jobs: bool = True) -> FastAPI:
 
     @app.exception_handler(StorageError)
     async def storage_unavailable(request: Request, exc: StorageError) -> JSONResponse:
+        if _value_refused(exc):
+            return _error(422, f"the store cannot take a value of this request: {exc.cause.__class__.__name__}: "
+                               f"{getattr(exc.cause, 'orig', exc.cause)}")
         runtime.vigil.metrics.errors.labels("store").inc()
         logger.warning("request failed: store unavailable", extra={"path": request.url.path, "error": str(exc)})
         return _error(503, "the store is unavailable; retry later")
