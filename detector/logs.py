@@ -43,6 +43,18 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+class _DuplicateJobErrors(logging.Filter):
+    """Drops APScheduler's own line for a failing job run: an ERROR with a traceback, every run. The
+    JobScheduler's listener logs each failure once, as a warning when the store or a source is away,
+    so during an outage the score job no longer writes an error traceback every second."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != 'Job "%s" raised an exception'
+
+
+_JOB_ERRORS = _DuplicateJobErrors()
+
+
 def setup_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     """Configure the root logger once; `fmt` is json, text, or auto (text on a terminal).
 
@@ -57,3 +69,4 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None 
     root.setLevel(level.upper())
     for noisy in ("apscheduler", "uvicorn.access", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("apscheduler.executors.default").addFilter(_JOB_ERRORS)
