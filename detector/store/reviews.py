@@ -146,7 +146,9 @@ class Reviews:
                  "threshold": m.threshold, "window_start": m.window_start.isoformat() if m.window_start else None,
                  "window_end": m.window_end.isoformat() if m.window_end else None, "window_records": m.n_records,
                  "threshold_method": (m.meta.get("threshold") or {}).get("method"),
-                 "diversity": (m.meta.get("diversity") or {}).get("status")}
+                 "diversity": (m.meta.get("diversity") or {}).get("status"),
+                 "diversity_problems": [c for c in (m.meta.get("diversity") or {}).get("checks", [])
+                                        if c.get("status") != "ok"]}
         return OutlierDetail(_view(o, m.version), o.review_note, o.reviewer, o.reviewed_at, model, history)
 
     def set_verdict(self, ids: Sequence[int], verdict: str, note: str | None,
@@ -159,8 +161,10 @@ class Reviews:
             found = session.execute(select(OutlierRow.id, OutlierRow.detector)
                                     .where(OutlierRow.id.in_(wanted))).all()
             if found:
-                session.execute(update(OutlierRow).where(OutlierRow.id.in_([i for i, _ in found])).values(
-                    review_state=verdict, review_note=note, reviewer=reviewer, reviewed_at=datetime.now(UTC)))
+                values: dict[str, Any] = {"review_state": verdict, "reviewer": reviewer, "reviewed_at": datetime.now(UTC)}
+                if note is not None:            # a verdict without a note keeps the note already there
+                    values["review_note"] = note
+                session.execute(update(OutlierRow).where(OutlierRow.id.in_([i for i, _ in found])).values(**values))
         updated = [(int(i), str(d)) for i, d in found]
         present = {i for i, _ in updated}
         return updated, [i for i in wanted if i not in present]
