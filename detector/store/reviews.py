@@ -161,7 +161,8 @@ class Reviews:
             found = session.execute(select(OutlierRow.id, OutlierRow.detector)
                                     .where(OutlierRow.id.in_(wanted))).all()
             if found:
-                values: dict[str, Any] = {"review_state": verdict, "reviewer": reviewer, "reviewed_at": datetime.now(UTC)}
+                values: dict[str, Any] = {"review_state": verdict, "reviewer": reviewer,
+                                          "reviewed_at": datetime.now(UTC)}
                 if note is not None:            # a verdict without a note keeps the note already there
                     values["review_note"] = note
                 session.execute(update(OutlierRow).where(OutlierRow.id.in_([i for i, _ in found])).values(**values))
