@@ -248,7 +248,7 @@ class Trainer:
                           "records": len(records), "trigger": trigger}
         meta["diversity"] = report.to_dict()
         version = vigil.repo.save_model(name, weights, meta, fitted.threshold.value, len(records),
-                                        records[0].ts, records[-1].ts)
+                                        records[0].ts, records[-1].ts, run_id=run_id)
         duration = time.perf_counter() - started
         fit_report = fitted.report
         vigil.repo.finish_training_run(

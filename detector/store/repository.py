@@ -344,8 +344,12 @@ class Repository:
 
     def save_model(self, detector: str, weights: bytes, meta: dict[str, Any], threshold: float,
                    n_records: int, window_start: datetime | None, window_end: datetime | None,
-                   activate: bool = True) -> ModelVersion:
-        """Store a new model version; when `activate`, retire the active one in the same transaction."""
+                   activate: bool = True, run_id: int | None = None) -> ModelVersion:
+        """Store a new model version; when `activate`, retire the active one in the same transaction.
+
+        With `run_id`, that training run is marked successful (naming the version) in the same
+        transaction, so that no crash can leave a model whose run a restart records as failed.
+        """
         now = datetime.now(UTC)
         with self._tx("save model") as session:
             last = session.scalar(select(func.max(ModelVersionRow.version))
@@ -360,6 +364,10 @@ class Repository:
                 window_end=window_end, n_records=n_records, threshold=threshold, weights=weights, meta=meta)
             session.add(row)
             session.flush()
+            if run_id is not None:
+                session.execute(update(TrainingRunRow).where(TrainingRunRow.id == run_id).values(
+                    result="success", finished_at=now, model_version_id=row.id,
+                    message=f"model version {row.version} {'active' if activate else 'saved'}"))
             return _model(row, with_weights=False)
 
     def promote(self, detector: str, version: int) -> ModelVersion:
