@@ -506,7 +506,7 @@ def container(tmp_path: Path) -> Iterator[Container]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)          # the first run builds the root and the wheelhouse; afterwards ~3 min
+@pytest.mark.timeout(1800)          # the first run builds the root and the wheelhouse; afterwards ~2 min
 def test_the_service_in_a_booted_debian_container(container: Container) -> None:
     box = container
     timings = box.timings
