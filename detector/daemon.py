@@ -6,6 +6,7 @@ import logging
 import os
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -129,29 +130,37 @@ class Runtime:
         except ConfigError as exc:
             logger.error("config reload refused: the running config stays", extra={"error": str(exc)})
             return False
-        with self._reload_lock:
-            old = self.config
-            fixed = [s for s in ("daemon", "store", "http") if getattr(old, s) != getattr(new, s)]
-            if fixed:
-                logger.warning("config sections changed that need a restart; they keep their running values",
-                               extra={"sections": fixed})
-            new = new.model_copy(update={"daemon": old.daemon, "store": old.store, "http": old.http})
-            added = sorted(new.detectors.keys() - old.detectors.keys())
-            removed = sorted(old.detectors.keys() - new.detectors.keys())
-            changed = sorted(n for n in new.detectors.keys() & old.detectors.keys()
-                             if new.detectors[n] != old.detectors[n])
-            self.config = new
-            self.vigil.use_config(new)
-            self.vigil.metrics.initialise({n: new.detectors[n].source.type for n in added + changed})
-            fresh = {s.detector: s for s in build_sources(self.vigil) if s.detector in added + changed}
-            self.sources = [s for s in self.sources if s.detector not in removed + changed] + list(fresh.values())
-            if self.scheduler is not None:
-                for name in removed + changed:
-                    self._unschedule_detector(self.scheduler, name)
-                for name in added + changed:
-                    self._schedule_detector(self.scheduler, name)
-        logger.info("config reloaded", extra={"added": added, "removed": removed, "changed": changed})
+        self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            with self._reload_lock:
+                self._apply(new)
+        finally:
+            self.notifier.send("READY=1", f"STATUS={self.status_line()}")
         return True
+
+    def _apply(self, new: Config) -> None:
+        """Switch the running daemon to `new` (validated); called under the reload lock."""
+        old = self.config
+        fixed = [s for s in ("daemon", "store", "http") if getattr(old, s) != getattr(new, s)]
+        if fixed:
+            logger.warning("config sections changed that need a restart; they keep their running values",
+                           extra={"sections": fixed})
+        new = new.model_copy(update={"daemon": old.daemon, "store": old.store, "http": old.http})
+        added = sorted(new.detectors.keys() - old.detectors.keys())
+        removed = sorted(old.detectors.keys() - new.detectors.keys())
+        changed = sorted(n for n in new.detectors.keys() & old.detectors.keys()
+                         if new.detectors[n] != old.detectors[n])
+        self.config = new
+        self.vigil.use_config(new)
+        self.vigil.metrics.initialise({n: new.detectors[n].source.type for n in added + changed})
+        fresh = {s.detector: s for s in build_sources(self.vigil) if s.detector in added + changed}
+        self.sources = [s for s in self.sources if s.detector not in removed + changed] + list(fresh.values())
+        if self.scheduler is not None:
+            for name in removed + changed:
+                self._unschedule_detector(self.scheduler, name)
+            for name in added + changed:
+                self._schedule_detector(self.scheduler, name)
+        logger.info("config reloaded", extra={"added": added, "removed": removed, "changed": changed})
 
     def retention_job(self) -> None:
         now = datetime.now(UTC)
@@ -220,6 +229,7 @@ class Runtime:
             self.watchdog.stop()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
+        self.vigil.repo.dispose()
         logger.info("daemon stopped")
 
 

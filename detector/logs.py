@@ -10,7 +10,8 @@ from typing import Any, TextIO
 
 __all__ = ["JsonFormatter", "TextFormatter", "setup_logging"]
 
-_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# record attributes that are not extras; uvicorn's `color_message` repeats the message with ANSI colours
+_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
