@@ -218,7 +218,9 @@ class Tab:
 
     @property
     def expect(self) -> Any:
-        return importlib.import_module("playwright.sync_api").expect
+        expect = importlib.import_module("playwright.sync_api").expect
+        expect.set_options(timeout=15_000)      # a loaded 2-core CI machine can be slow to render
+        return expect
 
 
 @pytest.fixture
@@ -229,7 +231,7 @@ def tab(browser: Browser, server: Server) -> Iterator[Callable[..., Tab]]:
         context = browser.new_context(viewport={"width": 1280, "height": 800})
         contexts.append(context)
         page = context.new_page()
-        page.set_default_timeout(10_000)
+        page.set_default_timeout(15_000)
         t = Tab(page)
         page.on("request", lambda r: t.requests.append(r))
         page.on("dialog", lambda d: (t.dialogs.append(d.message), d.dismiss()))
