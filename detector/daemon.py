@@ -103,7 +103,7 @@ class Runtime:
         due = self.trainer.ready_for_first_model(name) or (
             name in self.scorer.incompatible and not self.trainer.is_running(name))
         if due and self.scheduler is not None:
-            self.scheduler.run_soon(f"train:{name}")
+            self.scheduler.run_once(f"train-now:{name}", partial(self.train_job, name))
         self.scorer.score(name)
 
     def train_job(self, name: str) -> None:
@@ -190,7 +190,11 @@ class Runtime:
             self.heartbeats.forget(job)
 
     def start(self) -> None:
-        abandoned = self.vigil.repo.abandon_running_runs()
+        abandoned = 0
+        for name in self.config.detectors:
+            with self.vigil.repo.trainer_lock(name) as mine:   # another live instance may be training it
+                if mine:
+                    abandoned += self.vigil.repo.abandon_running_runs(name)
         if abandoned:
             logger.warning("training runs interrupted by the last stop", extra={"runs": abandoned})
         scheduler = JobScheduler(self._on_job_error)

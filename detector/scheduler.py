@@ -14,7 +14,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from detector.config import Config, TrainingConfig
-from detector.errors import ConfigError, VigilError
+from detector.errors import ConfigError
 
 __all__ = ["JobScheduler", "check_schedules", "slot_served", "training_trigger"]
 
@@ -76,12 +76,10 @@ class JobScheduler:
         if self._scheduler.get_job(job_id) is not None:
             self._scheduler.remove_job(job_id)
 
-    def run_soon(self, job_id: str) -> None:
-        """Bring a job's next run forward to now (it still never runs twice at once)."""
-        job = self._scheduler.get_job(job_id)
-        if job is None:
-            raise VigilError(f"no scheduled job {job_id!r}")
-        job.modify(next_run_time=datetime.now(UTC))
+    def run_once(self, job_id: str, func: Callable[[], Any]) -> None:
+        """Run `func` once, now, as job `job_id` (not twice at once); periodic schedules keep their slots."""
+        if self._scheduler.get_job(job_id) is None:
+            self._scheduler.add_job(func, "date", run_date=datetime.now(UTC), id=job_id, replace_existing=True)
 
     def next_run(self, job_id: str) -> datetime | None:
         job = self._scheduler.get_job(job_id)

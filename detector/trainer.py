@@ -16,7 +16,7 @@ from detector.errors import StorageError
 from detector.frames import records_frame
 from detector.scheduler import slot_served
 from detector.service import Vigil
-from detector.store.repository import ModelVersion, PendingRecord, Repository
+from detector.store.repository import INTERRUPTED, ModelVersion, PendingRecord, Repository
 from training.diversity import CHECKS, DiversityLimits, DiversityReport, check_window
 from training.errors import TrainingError
 from training.fit import FittedModel, ModelSettings, ThresholdSettings, fit_model
@@ -112,8 +112,8 @@ class Trainer:
         runs = self._vigil.repo.list_training_runs(name, limit=10)
         failures = 0
         for run in runs:
-            if run.result not in ("failed", "refused"):
-                break
+            if run.result not in ("failed", "refused") or run.message == INTERRUPTED:
+                break           # a run cut short by a stop is no reason to wait
             failures += 1
         if failures == 0:
             return True

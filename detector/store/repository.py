@@ -39,6 +39,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+INTERRUPTED = "interrupted: the daemon stopped"
+
 
 @dataclass(frozen=True, slots=True)
 class PendingRecord:
@@ -335,11 +337,15 @@ class Repository:
                 duration_s=duration_s, train_loss=train_loss, val_loss=val_loss,
                 model_version_id=model_version_id, diversity=diversity))
 
-    def abandon_running_runs(self) -> int:
-        """Mark runs left `running` by a previous process (killed mid-training) as failed."""
+    def abandon_running_runs(self, detector: str) -> int:
+        """Mark runs of `detector` left `running` by a stopped process (killed mid-training) as failed.
+
+        Call it holding the detector's trainer lock, so that no live instance is training it.
+        """
         with self._tx("abandon training runs") as session:
-            result = session.execute(update(TrainingRunRow).where(TrainingRunRow.result == "running").values(
-                result="failed", finished_at=datetime.now(UTC), message="interrupted: the daemon stopped"))
+            result = session.execute(update(TrainingRunRow).where(
+                TrainingRunRow.detector == detector, TrainingRunRow.result == "running").values(
+                result="failed", finished_at=datetime.now(UTC), message=INTERRUPTED))
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     def save_model(self, detector: str, weights: bytes, meta: dict[str, Any], threshold: float,

@@ -305,8 +305,9 @@ def test_training_runs(repo: Repository) -> None:
     version = repo.save_model("web", b"w", {}, 1.0, 10, None, None)
     repo.finish_training_run(finished, "success", "model version 1 active", n_records=10, duration_s=1.5,
                              train_loss=0.1, val_loss=0.2, model_version_id=version.id)
-    assert repo.abandon_running_runs() == 2
-    assert repo.abandon_running_runs() == 0
+    assert repo.abandon_running_runs("web") == 1
+    assert repo.abandon_running_runs("web") == 0
+    assert repo.abandon_running_runs("db") == 1
     runs = {r.id: r for r in repo.list_training_runs("web")}
     assert (runs[finished].result, runs[finished].model_version, runs[finished].val_loss) == ("success", 1, 0.2)
     abandoned = runs[running]
