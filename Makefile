@@ -19,9 +19,16 @@ $(BIN)/python:
 	  else echo "python3 -m venv failed: install it with 'sudo apt-get install python3-venv'"; exit 1; fi; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# A torch wheel pip can already find without an index (a local wheelhouse in pip's find-links) is
+# used as it is; otherwise the CPU build comes from PyTorch's index.
 $(VENV)/.torch: $(BIN)/python
-	$(BIN)/python -m pip install --quiet --no-index torch==$(TORCH_VERSION) 2>/dev/null || \
-	  $(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple)
+	@probe=$$(mktemp -d); \
+	if $(BIN)/python -m pip download --quiet --no-deps --no-index torch==$(TORCH_VERSION) -d "$$probe" >/dev/null 2>&1; then \
+	  rm -rf "$$probe"; $(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION); \
+	else \
+	  rm -rf "$$probe"; $(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION) \
+	    $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple); \
+	fi
 	@touch $@
 
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml
