@@ -476,9 +476,11 @@ def test_record_values_are_shown_as_text_and_never_run(tab: Callable[..., Tab], 
     for key, region, comment in ((SCRIPT, IMG, SCRIPT), (IMG, SCRIPT, IMG)):
         t.filter(key=key, state="")
         expect(t.rows()).to_have_count(1)
-        assert t.rows().nth(0).locator("td.key").text_content() == key
+        expect(t.rows().nth(0).locator("td.key")).to_have_text(key)
         t.open(0)
         expect(page.locator("#d-summary .key")).to_have_text(key)
+        expect(page.locator("#d-fields")).to_contain_text(region)       # the panel has this outlier's fields
+        expect(page.locator("#d-features svg")).to_contain_text("actual: " + region[:35])
         cells = page.locator("#d-fields tbody tr").evaluate_all(
             "rows => Object.fromEntries(rows.map(r => [r.cells[0].firstChild.textContent, r.cells[1].textContent]))")
         assert cells["region"] == region and cells["comment"] == comment and cells["build"] == ALERT
