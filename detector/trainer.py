@@ -25,7 +25,7 @@ from training.model import AutoencoderSpec, count_parameters
 from training.preprocess import Preprocessor
 from training.thresholds import tune_with_reviews
 
-__all__ = ["Trainer", "TrainingAborted", "TrainingOutcome"]
+__all__ = ["Trainer", "TrainingAborted", "TrainingOutcome", "settings_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ class TrainingOutcome:
     diversity: DiversityReport | None = None
 
 
-def _settings(det: DetectorConfig) -> tuple[ModelSettings, TrainSettings, ThresholdSettings]:
+def settings_for(det: DetectorConfig) -> tuple[ModelSettings, TrainSettings, ThresholdSettings]:
+    """The training library's model, training and threshold settings for a detector's config."""
     m = det.model
     model = ModelSettings(hidden=tuple(m.hidden), latent=m.latent, activation=m.activation, dropout=m.dropout)
     train = TrainSettings(
@@ -225,7 +226,7 @@ class Trainer:
             if on_epoch is not None:
                 on_epoch(stats)
 
-        model_settings, train_settings, threshold_settings = _settings(det)
+        model_settings, train_settings, threshold_settings = settings_for(det)
         # Later windows exclude the records earlier models flagged; the first one was never screened.
         first = vigil.repo.active_model_id(name) is None
         trim = det.training.first_window_trim if first else 0.0
