@@ -177,6 +177,16 @@ class FittedModel:
             feature_names=self.schema.names,
         )
 
+    def encode(self, frame: pd.DataFrame, batch_size: int = 8192) -> npt.NDArray[np.float32]:
+        """Latent codes [n, latent] of the rows of `frame` (the code's mean for a variational model)."""
+        x = self.preprocessor.transform(frame)
+        codes = np.empty((len(x), self.spec.latent), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(x), batch_size):
+                batch = torch.from_numpy(x[start : start + batch_size])
+                codes[start : start + batch_size] = self.network.encode(batch).numpy()
+        return codes
+
     def out_of_range(self, frame: pd.DataFrame) -> npt.NDArray[np.bool_]:
         """[n, n_features]: numeric values more than OUT_OF_RANGE_SPANS training ranges beyond its edges."""
         mask = np.zeros((len(frame), len(self.schema.features)), dtype=bool)
