@@ -14,6 +14,7 @@ import click
 from detector import __version__
 from detector.cli_common import config_option, load, prepare_torch, short, table
 from detector.cli_data import check_data, models_promote, models_rollback, models_show
+from detector.cli_evaluate import evaluate
 from detector.cli_review import maintenance, outliers_export, outliers_review, outliers_show
 from detector.errors import ConfigError, VigilError
 
@@ -198,6 +199,7 @@ models.add_command(models_show)
 models.add_command(models_promote)
 models.add_command(models_rollback)
 cli.add_command(check_data)
+cli.add_command(evaluate)
 outliers.add_command(outliers_show)
 outliers.add_command(outliers_review)
 outliers.add_command(outliers_export)
