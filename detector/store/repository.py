@@ -534,6 +534,37 @@ class Repository:
                 for r in session.scalars(stmt)
             ]
 
+    def recent_scored(self, detector: str, limit: int,
+                      model_version_id: int | None = None) -> list[tuple[PendingRecord, float, bool]]:
+        """(record, score, is_outlier) of the newest `limit` scored records, oldest first; with
+        `model_version_id`, only the records that model version scored."""
+        stmt = (select(RecordRow.id, RecordRow.ts, RecordRow.key, RecordRow.fields, RecordRow.score,
+                       RecordRow.is_outlier)
+                .where(RecordRow.detector == detector, RecordRow.state == "scored")
+                .order_by(RecordRow.ts.desc(), RecordRow.id.desc()).limit(limit))
+        if model_version_id is not None:
+            stmt = stmt.where(RecordRow.model_version_id == model_version_id)
+        with self._read("read recent scores") as session:
+            rows = session.execute(stmt).all()
+        return [(PendingRecord(r.id, r.ts, r.key, r.fields), float(r.score), bool(r.is_outlier))
+                for r in reversed(rows)]
+
+    def top_outliers(self, detector: str, model_version_id: int, limit: int) -> list[OutlierView]:
+        """The outliers a model version flagged, highest score / threshold first."""
+        stmt = (select(OutlierRow, ModelVersionRow.version)
+                .join(ModelVersionRow, ModelVersionRow.id == OutlierRow.model_version_id)
+                .where(OutlierRow.detector == detector, OutlierRow.model_version_id == model_version_id)
+                .order_by((OutlierRow.score / OutlierRow.threshold).desc(), OutlierRow.id.desc()).limit(limit))
+        with self._read("read top outliers") as session:
+            rows = session.execute(stmt).all()
+        return [
+            OutlierView(id=o.id, record_id=o.record_id, detector=o.detector, ts=o.ts, key=o.key,
+                        fields=o.fields, score=o.score, threshold=o.threshold, model_version=version,
+                        contributions=o.contributions, expected=o.expected, review_state=o.review_state,
+                        created_at=o.created_at, ood=o.ood)
+            for o, version in rows
+        ]
+
     # -- retention ---------------------------------------------------------------------------
     def purge(self, records_before: datetime, rejects_before: datetime) -> tuple[int, int]:
         """Delete scored, unflagged records and rejects older than the cut-offs; outliers stay.

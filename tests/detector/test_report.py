@@ -1,0 +1,241 @@
+"""`vigil report`: an HTML page with four plots, each with data, written from a real store with a trained demo model."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from detector.config import load_config
+from detector.daemon import Runtime, build_runtime
+from detector.report import distinct_incidents, latent_map
+from detector.sources.demo import DemoSource
+from detector.store.repository import OutlierView
+
+from .test_demo_source import NOW, FakeClock, demo_config_text, demo_source_config
+
+CHROMIUM = Path("/usr/bin/chromium")
+SECTIONS = ("loss", "scores", "latent", "reconstructions")
+EPOCHS = 12
+
+
+@dataclass
+class Section:
+    svgs: int = 0
+    marks: dict[str, int] = field(default_factory=dict)
+    empty_notes: int = 0
+    series: list[str] = field(default_factory=list)
+    thresholds: int = 0
+
+
+class ReportParser(HTMLParser):
+    """Counts, per report section, its SVG charts and their marks; notes anything that could load or run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections: dict[str, Section] = {}
+        self.current: str | None = None
+        self.scripts = 0
+        self.external: list[str] = []
+        self.csp: str | None = None
+        self._depth = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "section":
+            self.current = a.get("id")
+            self.sections[self.current or ""] = Section()
+        if tag == "script":
+            self.scripts += 1
+        if tag == "meta" and a.get("http-equiv") == "Content-Security-Policy":
+            self.csp = a.get("content")
+        self.external += [f"{tag} {k}={v}" for k, v in attrs
+                          if k in ("src", "href", "xlink:href", "action", "data") or (k or "").startswith("on")]
+        if self.current is None:
+            return
+        section = self.sections[self.current]
+        classes = (a.get("class") or "").split()
+        if tag == "svg":
+            section.svgs += 1
+        if "mark" in classes:
+            kind = "outlier" if "outlier" in classes else next(c for c in classes if c != "mark")
+            section.marks[kind] = section.marks.get(kind, 0) + 1
+            if "line" in classes:
+                section.series.append(a.get("data-series") or "")
+        if "empty" in classes:
+            section.empty_notes += 1
+        if "threshold" in classes:
+            section.thresholds += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "section":
+            self.current = None
+
+
+def write_demo_config(directory: Path) -> Path:
+    head = textwrap.dedent("""
+        [daemon]
+        state_dir = "state"
+        torch_threads = 1
+
+        [http]
+        port = 0
+    """)
+    path = directory / "config.toml"
+    path.write_text(head + demo_config_text("12h", 2, epochs=EPOCHS, patience=EPOCHS), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Runtime]]:
+    """A SQLite store with 12 h of demo records of 2 hosts, a trained model and every record scored."""
+    directory = tmp_path_factory.mktemp("report")
+    runtime = build_runtime(load_config(write_demo_config(directory)), CollectorRegistry(),
+                            with_process_metrics=False)
+    n = DemoSource("demo", demo_source_config(runtime), runtime.vigil, clock=FakeClock(NOW)).poll()
+    outcome = runtime.trainer.train("demo", "first")
+    assert outcome.result == "success", outcome.message
+    assert runtime.scorer.score("demo") == n
+    yield directory, runtime
+    runtime.vigil.repo.dispose()
+
+
+def vigil(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "VIGIL_CONFIG"}
+    return subprocess.run([sys.executable, "-m", "detector.cli", *args], cwd=directory, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.fixture(scope="module")
+def report(demo_store: tuple[Path, Runtime]) -> tuple[Path, str]:
+    directory, _ = demo_store
+    result = vigil(directory, "report", "demo", "--output", "out/demo.html", "--records", "1000", "--top", "4")
+    assert result.returncode == 1, "the output folder does not exist yet"
+    (directory / "out").mkdir()
+    result = vigil(directory, "report", "demo", "--output", "out/demo.html", "--records", "1000", "--top", "4")
+    assert result.returncode == 0, result.stderr
+    return directory / "out" / "demo.html", result.stdout
+
+
+def test_report_has_four_plots_with_data(report: tuple[Path, str], demo_store: tuple[Path, Runtime]) -> None:
+    path, stdout = report
+    _, runtime = demo_store
+    repo = runtime.vigil.repo
+    model = repo.active_model("demo", with_weights=False)
+    assert model is not None
+    recent = repo.recent_scored("demo", 1000, model.id)
+    flagged = sum(1 for _, _, f in recent if f)
+    assert len(recent) == 1000
+    assert 0 < flagged < 100
+    assert stdout.strip() == (f"out/demo.html: demo model v1, 1000 recent scores ({flagged} outliers), "
+                              "4 top outliers")
+
+    html = path.read_text(encoding="utf-8")
+    parser = ReportParser()
+    parser.feed(html)
+    assert parser.scripts == 0
+    assert parser.external == [], "nothing to fetch: no src, href or event handler"
+    assert parser.csp is not None and "default-src 'none'" in parser.csp
+    assert list(parser.sections) == list(SECTIONS)
+    loss, scores, latent, reconstructions = (parser.sections[s] for s in SECTIONS)
+    assert all(s.empty_notes == 0 for s in parser.sections.values())
+
+    epochs_run = model.meta["report"]["epochs_run"]
+    assert 1 <= epochs_run <= EPOCHS
+    assert (loss.svgs, loss.series, loss.marks) == (1, ["training", "validation"], {"line": 2})
+
+    assert scores.svgs == 1 and scores.thresholds == 1
+    assert 5 <= scores.marks["bar"] <= 40
+
+    assert latent.svgs == 1
+    assert latent.marks == {"point": 1000 - flagged, "outlier": flagged}
+
+    assert reconstructions.svgs == 4
+    assert reconstructions.marks["bar"] >= 4 * 2 * 6 - 4, "actual and expected of six numeric features each"
+    for heading in ("Vigil report: demo", "model version", "threshold", "training window", "training run"):
+        assert f"{heading}</" in html
+    problems = [c for c in model.meta["diversity"]["checks"] if c["status"] != "ok"]
+    assert problems, "12 hours of 2 hosts miss most weekdays"
+    assert "<h2>Diversity warnings</h2>" in html
+    for problem in problems:
+        assert f"<b>{problem['check']}</b> ({problem['status']})" in html
+
+
+def test_report_errors(demo_store: tuple[Path, Runtime]) -> None:
+    directory, _ = demo_store
+    unknown = vigil(directory, "report", "nope")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == "vigil: unknown detector 'nope' (configured: demo)"
+
+
+@pytest.mark.slow
+def test_report_opens_in_chromium_without_network(report: tuple[Path, str]) -> None:
+    """The page renders its charts in a real browser and asks for nothing beyond the file itself."""
+    reason = None
+    if not CHROMIUM.exists():
+        reason = f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium)"
+    try:
+        sync_api = importlib.import_module("playwright.sync_api")
+    except ImportError:
+        reason = "the playwright package is not installed (pip install -e '.[test]')"
+    if reason is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs the report browser test: {reason}")
+        pytest.skip(reason)
+    path, _ = report
+    requests: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            context = browser.new_context(offline=True, java_script_enabled=False)
+            page = context.new_page()
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(path.as_uri())
+            boxes = [page.locator(f"#{s} svg").first.bounding_box() for s in SECTIONS]
+            marks = page.locator("svg .mark").count()
+        finally:
+            browser.close()
+    assert requests == [path.as_uri()]
+    assert all(box is not None and box["width"] > 200 and box["height"] > 150 for box in boxes)
+    assert marks > 1000
+
+
+def test_latent_map_keeps_2d_codes_and_projects_wider_ones() -> None:
+    rng = np.random.default_rng(0)
+    two = rng.normal(size=(50, 2)).astype(np.float32)
+    xy, labels = latent_map(two)
+    assert np.allclose(xy, two) and labels == ("latent 1", "latent 2")
+
+    direction = np.array([3.0, 4.0, 0.0, 0.0]) / 5.0
+    wide = (np.outer(rng.normal(0, 10, 200), direction) + rng.normal(0, 0.1, (200, 4))).astype(np.float32)
+    xy, labels = latent_map(wide)
+    assert xy.shape == (200, 2)
+    assert xy[:, 0].var() > 100 * xy[:, 1].var(), "the first component holds the spread"
+    assert labels[0].startswith("PC 1 (100 %") or labels[0].startswith("PC 1 (99 %")
+
+    xy, labels = latent_map(rng.normal(size=(5, 1)).astype(np.float32))
+    assert xy.shape == (5, 2) and not xy[:, 1].any()
+
+
+def test_distinct_incidents_skips_neighbours_of_the_same_key() -> None:
+    t0 = datetime(2025, 3, 3, tzinfo=UTC)
+
+    def outlier(i: int, key: str, minutes: int) -> OutlierView:
+        return OutlierView(id=i, record_id=i, detector="d", ts=t0 + timedelta(minutes=minutes), key=key, fields={},
+                           score=10.0 - i, threshold=1.0, model_version=1, contributions=[], expected={},
+                           review_state="unreviewed", created_at=t0)
+
+    ranked = [outlier(0, "a", 0), outlier(1, "a", 5), outlier(2, "b", 5), outlier(3, "a", 90), outlier(4, "b", 6)]
+    assert [o.id for o in distinct_incidents(ranked, 10)] == [0, 2, 3]
+    assert [o.id for o in distinct_incidents(ranked, 2)] == [0, 2]
