@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import xml.etree.ElementTree as ET
 
@@ -32,7 +33,7 @@ def test_nice_ticks_are_round_and_cover_the_range(low: float, high: float) -> No
     ticks = svgplot.nice_ticks(low, high)
     assert 3 <= len(ticks) <= 11
     assert all(low - 1e-12 <= t <= high + 1e-12 for t in ticks)
-    steps = {round(b - a, 12) for a, b in zip(ticks, ticks[1:], strict=False)}
+    steps = {round(b - a, 12) for a, b in itertools.pairwise(ticks)}
     assert len(steps) == 1
     step = steps.pop()
     mantissa = step / 10 ** math.floor(math.log10(step))
