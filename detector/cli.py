@@ -15,7 +15,7 @@ from detector import __version__
 from detector.cli_common import config_option, load, prepare_torch, short, table
 from detector.cli_data import check_data, models_promote, models_rollback, models_show
 from detector.cli_evaluate import evaluate
-from detector.cli_explore import report
+from detector.cli_explore import report, tune
 from detector.cli_review import maintenance, outliers_export, outliers_review, outliers_show
 from detector.errors import ConfigError, VigilError
 
@@ -206,6 +206,7 @@ outliers.add_command(outliers_review)
 outliers.add_command(outliers_export)
 cli.add_command(maintenance)
 cli.add_command(report)
+cli.add_command(tune)
 
 
 @cli.group()
