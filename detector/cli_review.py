@@ -61,12 +61,25 @@ def outliers_show(outlier_id: int, as_json: bool, config_path: Path) -> None:
         lines.append("out of distribution: " + "; ".join(
             part for part in (f"unseen category in {unseen}" if unseen else "",
                               f"far outside the training range: {far}" if far else "") if part))
-    rows = [[c["feature"], short(c.get("actual")), short(c.get("expected")), f"{100 * (c.get('share') or 0):.0f}%"]
-            for c in o.contributions]
-    click.echo("\n".join(lines) + "\n\n" + table(["feature", "actual", "expected", "share of score"], rows))
-    others = {k: v for k, v in o.fields.items() if k not in {c["feature"] for c in o.contributions}}
+    click.echo("\n".join(lines) + "\n\n" + _feature_table(o.contributions, o.fields, o.expected))
+    features = {*o.expected, *(c["feature"] for c in o.contributions)}
+    others = {k: v for k, v in o.fields.items() if k not in features}
     if others:
         click.echo("\nother fields: " + ", ".join(f"{k}={short(v)}" for k, v in others.items()))
+
+
+def _feature_table(contributions: list[dict[str, Any]], fields: dict[str, Any], expected: dict[str, Any]) -> str:
+    """Every feature, the explained ones first by contribution, with actual and expected (reconstructed) values."""
+    explained = {c["feature"]: c for c in contributions}
+    rows = [[name, short(c.get("actual", fields.get(name))), short(c.get("expected", expected.get(name))),
+             short(c.get("contribution")), f"{100 * (c.get('share') or 0):.0f}%"] for name, c in explained.items()]
+    rows += [[name, short(fields.get(name)), short(value), "", ""]
+             for name, value in expected.items() if name not in explained]
+    text = table(["feature", "actual", "expected", "contribution", "share of score"], rows)
+    if len(explained) < len(rows):
+        text += (f"\n(contributions are stored for the top {len(explained)} features; "
+                 "scoring.top_contributions sets how many)")
+    return text
 
 
 @click.command("review")

@@ -239,3 +239,34 @@ def test_distinct_incidents_skips_neighbours_of_the_same_key() -> None:
     ranked = [outlier(0, "a", 0), outlier(1, "a", 5), outlier(2, "b", 5), outlier(3, "a", 90), outlier(4, "b", 6)]
     assert [o.id for o in distinct_incidents(ranked, 10)] == [0, 2, 3]
     assert [o.id for o in distinct_incidents(ranked, 2)] == [0, 2]
+
+
+def test_outliers_show_ranks_every_feature_with_actual_and_expected(demo_store: tuple[Path, Runtime]) -> None:
+    directory, runtime = demo_store
+    model = runtime.vigil.repo.active_model("demo", with_weights=False)
+    assert model is not None
+    [o] = runtime.vigil.repo.top_outliers("demo", model.id, 1)
+    shown = vigil(directory, "outliers", "show", str(o.id))
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert lines[0] == f"outlier {o.id} of demo, key {o.key}, at {o.ts.isoformat()}"
+    assert lines[1].startswith(f"score {o.score:.4g} against threshold {o.threshold:.4g} "
+                               f"({o.score / o.threshold:.1f}x), model v1 trained ")
+    start = next(i for i, line in enumerate(lines) if line.startswith("feature "))
+    assert lines[start].split() == ["feature", "actual", "expected", "contribution", "share", "of", "score"]
+    rows = [line.split() for line in lines[start + 2: start + 2 + 8]]
+    features = ["request_rate", "p50_latency_ms", "p99_latency_ms", "error_rate", "cpu_pct", "memory_pct",
+                "region", "status_class"]
+    assert sorted(r[0] for r in rows) == sorted(features), "every feature, once"
+    top = [c["feature"] for c in o.contributions]
+    assert [r[0] for r in rows[: len(top)]] == top, "the explained features first, by contribution"
+    contributions = [float(r[3]) for r in rows[: len(top)]]
+    assert contributions == sorted(contributions, reverse=True)
+    for row in rows:
+        actual, expected = o.fields[row[0]], o.expected[row[0]]
+        assert row[1] == (f"{actual:.4g}" if isinstance(actual, float) else str(actual))
+        assert row[2] == (f"{expected:.4g}" if isinstance(expected, float) else str(expected))
+    assert "(contributions are stored for the top 5 features" in shown.stdout
+    assert lines[-1] == f"other fields: incident={o.fields['incident']}"
+    missing = vigil(directory, "outliers", "show", "999999")
+    assert (missing.returncode, missing.stderr.strip()) == (1, "vigil: no outlier 999999")
