@@ -247,10 +247,26 @@ FeatureKindName = Literal["numeric", "categorical", "boolean"]
 
 
 class ModelConfig(Section):
-    hidden: tuple[int, ...] = Field(default=(32, 16))
-    latent: int = Field(default=4, gt=0)
+    hidden: tuple[int, ...] = Field(default=(64, 32))
+    latent: int = Field(default=8, gt=0)
     activation: Literal["relu", "tanh", "gelu", "elu", "leaky_relu"] = "relu"
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    variant: Literal["dense", "denoising", "sparse", "contractive", "vae"] = "dense"
+    noise: Literal["gaussian", "mask"] = "gaussian"
+    noise_level: float = Field(default=0.1, ge=0.0, lt=1.0)
+    sparsity: Literal["l1", "kl"] = "l1"
+    sparsity_weight: float = Field(default=1e-3, ge=0.0)
+    sparsity_target: float = Field(default=0.05, gt=0.0, lt=1.0)
+    contractive_weight: float = Field(default=1e-2, ge=0.0)
+    beta: float = Field(default=1.0, ge=0.0)
+    scaling: Literal["standard", "robust"] = "standard"
+    score: Literal["hybrid", "reconstruction", "elbo"] = "hybrid"
+    neighbors: int = Field(default=5, gt=0, le=100)
+    memory_size: int = Field(default=20_000, ge=10, le=1_000_000)
+    score_weights: tuple[float, float, float] = Field(default=(0.3, 1.0, 0.5))
+    window: int = Field(default=1, ge=1, le=1024)
+    arch: Literal["conv", "lstm"] = "conv"
+    time_features: bool = False
     loss: Literal["mse", "l1", "bce"] = "mse"
     epochs: int = Field(default=100, gt=0)
     batch_size: int = Field(default=256, gt=0)
@@ -269,6 +285,21 @@ class ModelConfig(Section):
             raise ValueError("every hidden layer width must be > 0")
         return value
 
+    @field_validator("score_weights")
+    @classmethod
+    def _weights(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(w < 0 for w in value) or sum(value) <= 0:
+            raise ValueError("score_weights (reconstruction, distance, density) must be >= 0 and not all 0")
+        return value
+
+    @model_validator(mode="after")
+    def _score_fits_variant(self) -> ModelConfig:
+        if self.score == "elbo" and self.variant != "vae":
+            raise ValueError("score 'elbo' needs variant 'vae'")
+        if self.memory_size < 2 * self.neighbors:
+            raise ValueError("memory_size must be at least 2 * neighbors")
+        return self
+
     @field_validator("device")
     @classmethod
     def _device_name(cls, value: str) -> str:
@@ -278,8 +309,9 @@ class ModelConfig(Section):
 
 
 class ThresholdConfig(Section):
-    method: Literal["quantile"] = "quantile"
+    method: Literal["quantile", "sigma", "mad", "pot"] = "quantile"
     target_fpr: float = Field(default=0.01, gt=0, lt=0.5)
+    k: float = Field(default=3.0, gt=0)
 
 
 class TrainingConfig(Section):

@@ -47,12 +47,18 @@ class TrainingOutcome:
 def settings_for(det: DetectorConfig) -> tuple[ModelSettings, TrainSettings, ThresholdSettings]:
     """The training library's model, training and threshold settings for a detector's config."""
     m = det.model
-    model = ModelSettings(hidden=tuple(m.hidden), latent=m.latent, activation=m.activation, dropout=m.dropout)
+    model = ModelSettings(
+        hidden=tuple(m.hidden), latent=m.latent, activation=m.activation, dropout=m.dropout, variant=m.variant,
+        noise=m.noise, noise_level=m.noise_level, sparsity=m.sparsity, sparsity_weight=m.sparsity_weight,
+        sparsity_target=m.sparsity_target, contractive_weight=m.contractive_weight, beta=m.beta,
+        scaling=m.scaling, score=m.score, neighbors=m.neighbors, memory_size=m.memory_size,
+        weights=m.score_weights, window=m.window, arch=m.arch, time_features=m.time_features)
     train = TrainSettings(
         epochs=m.epochs, batch_size=m.batch_size, learning_rate=m.learning_rate, weight_decay=m.weight_decay,
         patience=m.patience, validation_fraction=m.validation_fraction, seed=m.seed, loss=m.loss,
         device=m.device, max_seconds=m.max_train_time)
-    threshold = ThresholdSettings(method=det.threshold.method, target_fpr=det.threshold.target_fpr)
+    threshold = ThresholdSettings(method=det.threshold.method, target_fpr=det.threshold.target_fpr,
+                                  k=det.threshold.k)
     return model, train, threshold
 
 

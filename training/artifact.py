@@ -56,27 +56,39 @@ def read_part(meta: Mapping[str, Any], key: str, parse: Callable[[Any], T]) -> T
         raise ArtifactError(f"bad {key!r}: {type(exc).__name__}: {exc}") from exc
 
 
-def network_to_bytes(network: DenseAutoencoder) -> bytes:
-    """The network's state_dict as safetensors bytes (CPU, contiguous float tensors)."""
+def network_to_bytes(network: DenseAutoencoder, extra: Mapping[str, torch.Tensor] | None = None) -> bytes:
+    """The network's state_dict (and `extra` named tensors) as safetensors bytes (CPU, contiguous)."""
     state = {name: t.detach().cpu().contiguous() for name, t in network.state_dict().items()}
+    for name, tensor in (extra or {}).items():
+        if name in state:
+            raise ValueError(f"extra tensor {name!r} clashes with a network weight")
+        state[name] = tensor.detach().cpu().contiguous()
     data: bytes = safetensors.torch.save(state)
     return data
 
 
-def network_from_bytes(weights: bytes, spec: AutoencoderSpec) -> DenseAutoencoder:
-    """A network built from `spec` with `weights` loaded; ArtifactError if names or shapes differ."""
+def network_from_bytes(
+    weights: bytes, spec: AutoencoderSpec, optional: tuple[str, ...] = ()
+) -> tuple[DenseAutoencoder, dict[str, torch.Tensor]]:
+    """A network built from `spec` with `weights` loaded, and the `optional` extra tensors found.
+
+    ArtifactError if the network's names or shapes differ, or a tensor is not floating point.
+    """
     try:
         tensors: dict[str, torch.Tensor] = safetensors.torch.load(bytes(weights))
     except Exception as exc:  # safetensors raises its own SafetensorError and others on bad bytes
         raise ArtifactError(f"weights are not readable safetensors data: {exc}") from exc
+    extra = {name: tensors.pop(name) for name in optional if name in tensors}
+    if any(not t.is_floating_point() for t in extra.values()):
+        raise ArtifactError(f"extra tensors must be floating point: {sorted(extra)}")
     network = DenseAutoencoder(spec)
     expected = {name: tuple(t.shape) for name, t in network.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in tensors.items()}
     if found != expected:
         missing = sorted(set(expected) - set(found))
-        extra = sorted(set(found) - set(expected))
+        unexpected = sorted(set(found) - set(expected))
         wrong = sorted(n for n in set(found) & set(expected) if found[n] != expected[n])
-        details = [f"missing {missing}" if missing else "", f"unexpected {extra}" if extra else "",
+        details = [f"missing {missing}" if missing else "", f"unexpected {unexpected}" if unexpected else "",
                    "wrong shape " + ", ".join(f"{n} {found[n]} != {expected[n]}" for n in wrong)
                    if wrong else ""]
         raise ArtifactError("weights do not match the spec: " + "; ".join(d for d in details if d))
@@ -84,4 +96,4 @@ def network_from_bytes(weights: bytes, spec: AutoencoderSpec) -> DenseAutoencode
     if bad_dtype:
         raise ArtifactError(f"weights must be floating point tensors: {bad_dtype}")
     network.load_state_dict(tensors)
-    return network.eval()
+    return network.eval(), extra

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -27,15 +28,20 @@ from training.loop import (
     LossName,
     TrainOutcome,
     TrainSettings,
+    resolve_device,
     row_errors,
     train_autoencoder,
 )
-from training.model import Activation, AutoencoderSpec, DenseAutoencoder
-from training.preprocess import Preprocessor
+from training.memory import NeighborMemory
+from training.model import Activation, Arch, AutoencoderSpec, DenseAutoencoder, NoiseKind, SparsityKind, Variant
+from training.preprocess import Preprocessor, Scaling
 from training.schema import Schema
-from training.thresholds import Threshold, fit_quantile_threshold
+from training.sequence import KEY_COLUMN, TIME_FEATURES, TS_COLUMN, time_features, windows
+from training.thresholds import THRESHOLD_METHODS, Threshold, ThresholdMethod, fit_threshold
 
 __all__ = [
+    "KEY_COLUMN",
+    "TS_COLUMN",
     "FittedModel",
     "ModelSettings",
     "ScoreResult",
@@ -49,28 +55,112 @@ logger = logging.getLogger(__name__)
 OUT_OF_RANGE_SPANS = 0.5   # a value beyond the training range by more than half its width is out of range
 
 
+ScoreKind = Literal["hybrid", "reconstruction", "elbo"]
+SCORE_KINDS: tuple[str, ...] = get_args(ScoreKind)
+COMPONENTS = ("reconstruction", "distance", "density")
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSettings:
-    """Autoencoder shape; n_inputs comes from the preprocessor, output is sigmoid iff the loss is bce."""
+    """Autoencoder shape and variant, and how a record's score is made.
+
+    score "reconstruction": the mean reconstruction error over the record's encoded columns.
+    score "elbo" (vae only): reconstruction error plus beta * KL / columns (a negative ELBO).
+    score "hybrid": the autoencoder's reconstruction error, the mean distance to the `neighbors`
+    nearest of up to `memory_size` remembered training rows, and the local density ratio of those
+    neighbours; each is log-standardised on held-out normal rows and averaged with `weights`
+    (reconstruction, distance, density), and the score is exp of that average (about 1 for a
+    typical normal row). `window` > 1 is sequence mode (`arch` "conv" or "lstm"); `time_features`
+    adds the hour of day and day of week of each record's timestamp as inputs.
+    """
 
     hidden: tuple[int, ...] = (64, 32)
     latent: int = 8
     activation: Activation = "relu"
     dropout: float = 0.0
+    variant: Variant = "dense"
+    noise: NoiseKind = "gaussian"
+    noise_level: float = 0.1
+    sparsity: SparsityKind = "l1"
+    sparsity_weight: float = 1e-3
+    sparsity_target: float = 0.05
+    contractive_weight: float = 1e-2
+    beta: float = 1.0
+    scaling: Scaling = "standard"
+    score: ScoreKind = "hybrid"
+    neighbors: int = 5
+    memory_size: int = 20_000
+    weights: tuple[float, float, float] = (0.3, 1.0, 0.5)
+    window: int = 1
+    arch: Arch = "dense"
+    time_features: bool = False
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORE_KINDS:
+            raise ValueError(f"ModelSettings.score must be one of {SCORE_KINDS}, got {self.score!r}")
+        if self.score == "elbo" and self.variant != "vae":
+            raise ValueError("ModelSettings.score 'elbo' needs variant 'vae'")
+        if self.neighbors < 1 or self.memory_size < 2 * self.neighbors:
+            raise ValueError("ModelSettings needs neighbors >= 1 and memory_size >= 2 * neighbors")
+        if len(self.weights) != 3 or any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+            raise ValueError(f"ModelSettings.weights must be 3 non-negative numbers, not all 0, got {self.weights!r}")
+        if self.window < 1:
+            raise ValueError(f"ModelSettings.window must be >= 1, got {self.window}")
+        arch = "dense" if self.window == 1 else self.arch
+        if arch == "dense" and self.window > 1:
+            raise ValueError("ModelSettings.window > 1 needs arch 'conv' or 'lstm'")
+        object.__setattr__(self, "arch", arch)
 
 
 @dataclass(frozen=True, slots=True)
 class ThresholdSettings:
-    """Threshold policy: the (1 - target_fpr) quantile of held-out scores."""
+    """Threshold policy on held-out normal scores: "quantile" (the 1 - target_fpr quantile), "sigma"
+    (mean + k * std), "mad" (median + k * 1.4826 * MAD) or "pot" (a generalized Pareto tail fit at
+    risk target_fpr)."""
 
-    method: Literal["quantile"] = "quantile"
+    method: ThresholdMethod = "quantile"
     target_fpr: float = 0.01
+    k: float = 3.0
 
     def __post_init__(self) -> None:
-        if self.method != "quantile":
-            raise ValueError(f"ThresholdSettings.method must be 'quantile', got {self.method!r}")
+        if self.method not in THRESHOLD_METHODS:
+            raise ValueError(f"ThresholdSettings.method must be one of {THRESHOLD_METHODS}, got {self.method!r}")
         if not 0.0 < self.target_fpr < 0.5:
             raise ValueError(f"ThresholdSettings.target_fpr must be in (0, 0.5), got {self.target_fpr!r}")
+        if not self.k > 0:
+            raise ValueError(f"ThresholdSettings.k must be > 0, got {self.k!r}")
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """How a fitted model turns its parts into a score (JSON-able; stored with the model)."""
+
+    kind: ScoreKind = "reconstruction"
+    weights: tuple[float, float, float] = (0.3, 1.0, 0.5)
+    neighbors: int = 5
+    # per component: (mean, std, eps) of log(value + eps) on held-out normal rows
+    normalizer: dict[str, tuple[float, float, float]] | None = None
+    time_features: bool = False
+    window: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "weights": list(self.weights), "neighbors": self.neighbors,
+                "normalizer": None if self.normalizer is None else {k: list(v) for k, v in self.normalizer.items()},
+                "time_features": self.time_features, "window": self.window}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Scoring:
+        kind = d["kind"]
+        if kind not in SCORE_KINDS:
+            raise ValueError(f"unknown score kind {kind!r}")
+        normalizer = d.get("normalizer")
+        weights = tuple(float(w) for w in d["weights"])
+        if len(weights) != 3:
+            raise ValueError("weights must have 3 numbers")
+        return cls(kind=kind, weights=(weights[0], weights[1], weights[2]), neighbors=int(d["neighbors"]),
+                   normalizer=None if normalizer is None else {
+                       str(k): (float(v[0]), float(v[1]), float(v[2])) for k, v in dict(normalizer).items()},
+                   time_features=bool(d.get("time_features", False)), window=int(d.get("window", 1)))
 
 
 def min_rows_for(n_columns: int) -> int:
@@ -95,6 +185,7 @@ class ScoreResult:
     unseen: npt.NDArray[np.bool_]
     feature_names: list[str]
     out_of_range: npt.NDArray[np.bool_] | None = None
+    components: dict[str, npt.NDArray[np.float64]] | None = None
 
     def out_of_distribution(self, i: int) -> dict[str, list[str]] | None:
         """Row i's features the model never saw values like: unseen categories, numbers far out of range."""
@@ -126,7 +217,8 @@ class ScoreResult:
 
 
 class FittedModel:
-    """A trained model: schema, preprocessor, network (on CPU, eval mode), threshold and training report."""
+    """A trained model: schema, preprocessor, network (on CPU, eval mode), neighbour memory (hybrid
+    scoring), threshold and training report."""
 
     def __init__(
         self,
@@ -138,6 +230,8 @@ class FittedModel:
         network: DenseAutoencoder,
         report: dict[str, Any],
         ranges: Mapping[str, tuple[float, float]] | None = None,
+        scoring: Scoring | None = None,
+        memory: NeighborMemory | None = None,
     ) -> None:
         self.schema = schema
         self.preprocessor = preprocessor
@@ -147,45 +241,66 @@ class FittedModel:
         self.network = network.cpu().eval()
         self.report = report
         self.ranges: dict[str, tuple[float, float]] = dict(ranges or {})
+        self.scoring = scoring or Scoring()
+        if self.scoring.kind == "hybrid" and (memory is None or self.scoring.normalizer is None):
+            raise ValueError("a hybrid model needs a neighbour memory and a normalizer")
+        self.memory = memory
         # held-out normal scores of the run that fitted the threshold (kept in memory, not in the artifact)
         self.val_scores: npt.NDArray[np.float64] | None = None
 
-    def score(
-        self, frame: pd.DataFrame, batch_size: int = 8192, device: str | torch.device = "cpu"
-    ) -> ScoreResult:
-        """Score every row of `frame` (columns must include the schema's features; KeyError otherwise).
+    @property
+    def needs_history(self) -> bool:
+        """Whether scoring a record needs the records of its key before it (sequence mode)."""
+        return self.scoring.window > 1
 
-        A score that is NaN (only possible for inputs beyond float32 range) is reported as +inf, so the
-        record counts as an outlier instead of silently passing.
+    def inputs(self, frame: pd.DataFrame, history: pd.DataFrame | None = None) -> npt.NDArray[np.float32]:
+        """The network's input rows for the rows of `frame` [n, spec.n_inputs].
+
+        In sequence mode `history` (earlier records of the same keys, not scored) completes the windows.
         """
-        x = self.preprocessor.transform(frame)
-        scores, recon, elem = row_errors(self.network, x, self.loss, batch_size, device)
-        scores = np.where(np.isnan(scores), np.inf, scores)
-        n_columns = self.preprocessor.n_columns
-        contributions = np.empty((len(x), len(self.schema.features)), dtype=np.float64)
-        for j, name in enumerate(self.schema.names):
-            columns = elem[:, self.preprocessor.feature_slices[name]]
-            contributions[:, j] = columns.sum(axis=1, dtype=np.float64) / n_columns
-        return ScoreResult(
-            out_of_range=self.out_of_range(frame),
-            scores=scores,
-            threshold=self.threshold.value,
-            is_outlier=scores > self.threshold.value,
-            contributions=contributions,
-            expected=self.preprocessor.decode(recon),
-            unseen=self.preprocessor.unseen_mask(frame),
-            feature_names=self.schema.names,
-        )
+        full = frame if history is None or len(history) == 0 else pd.concat([history, frame], ignore_index=True)
+        x = self.preprocessor.transform(full)
+        if self.scoring.time_features:
+            x = np.concatenate([x, time_features(full)], axis=1)
+        if self.scoring.window > 1:
+            x = windows(x, full, self.scoring.window)
+        return np.ascontiguousarray(x[len(full) - len(frame):], dtype=np.float32)
 
     def encode(self, frame: pd.DataFrame, batch_size: int = 8192) -> npt.NDArray[np.float32]:
         """Latent codes [n, latent] of the rows of `frame` (the code's mean for a variational model)."""
-        x = self.preprocessor.transform(frame)
+        x = self.inputs(frame)
         codes = np.empty((len(x), self.spec.latent), dtype=np.float32)
         with torch.inference_mode():
             for start in range(0, len(x), batch_size):
                 batch = torch.from_numpy(x[start : start + batch_size])
                 codes[start : start + batch_size] = self.network.encode(batch).numpy()
         return codes
+
+    def score(
+        self, frame: pd.DataFrame, batch_size: int = 8192, device: str | torch.device = "cpu",
+        history: pd.DataFrame | None = None,
+    ) -> ScoreResult:
+        """Score every row of `frame` (columns must include the schema's features; KeyError otherwise).
+
+        A score that is NaN (only possible for inputs beyond float32 range) is reported as +inf, so the
+        record counts as an outlier instead of silently passing. Contributions split each score over
+        the features; `expected` is the autoencoder's reconstruction.
+        """
+        x = self.inputs(frame, history)
+        target = device if isinstance(device, torch.device) else resolve_device(device)
+        parts = _score_parts(self, x, batch_size, target)
+        scores = np.where(np.isnan(parts.scores), np.inf, parts.scores)
+        return ScoreResult(
+            out_of_range=self.out_of_range(frame),
+            scores=scores,
+            threshold=self.threshold.value,
+            is_outlier=scores > self.threshold.value,
+            contributions=parts.contributions,
+            expected=self.preprocessor.decode(parts.recon),
+            unseen=self.preprocessor.unseen_mask(frame),
+            feature_names=self.schema.names,
+            components=parts.components,
+        )
 
     def out_of_range(self, frame: pd.DataFrame) -> npt.NDArray[np.bool_]:
         """[n, n_features]: numeric values more than OUT_OF_RANGE_SPANS training ranges beyond its edges."""
@@ -201,7 +316,10 @@ class FittedModel:
         return mask
 
     def to_artifact(self) -> tuple[bytes, dict[str, Any]]:
-        """Safetensors bytes of the network weights, and JSON-able metadata for everything else."""
+        """Safetensors bytes of the network weights (and the neighbour memory), JSON-able metadata for the rest."""
+        extra = None
+        if self.memory is not None:
+            extra = {MEMORY_BANK: self.memory.bank, MEMORY_KDIST: self.memory.kdist}
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -212,8 +330,9 @@ class FittedModel:
             "threshold": self.threshold.to_dict(),
             "report": to_jsonable(self.report),
             "ranges": {name: [float(lo), float(hi)] for name, (lo, hi) in self.ranges.items()},
+            "scoring": self.scoring.to_dict(),
         }
-        return network_to_bytes(self.network), meta
+        return network_to_bytes(self.network, extra), meta
 
     @classmethod
     def from_artifact(cls, weights: bytes, meta: Mapping[str, Any]) -> FittedModel:
@@ -226,6 +345,7 @@ class FittedModel:
         preprocessor = read_part(meta, "preprocessor", Preprocessor.from_dict)
         spec = read_part(meta, "spec", AutoencoderSpec.from_dict)
         threshold = read_part(meta, "threshold", Threshold.from_dict)
+        scoring = read_part(meta, "scoring", Scoring.from_dict) if "scoring" in meta else Scoring()
         loss = meta["loss"]
         if loss not in get_args(LossName):
             raise ArtifactError(f"unknown loss {loss!r}")
@@ -233,16 +353,178 @@ class FittedModel:
             raise ArtifactError("'report' must be a mapping")
         if preprocessor.schema != schema:
             raise ArtifactError("the preprocessor was fitted for a different schema than 'schema'")
-        if spec.n_inputs != preprocessor.n_columns:
+        per_record = preprocessor.n_columns + (len(TIME_FEATURES) if scoring.time_features else 0)
+        if spec.n_inputs != per_record * scoring.window:
             raise ArtifactError(
-                f"spec.n_inputs is {spec.n_inputs} but the preprocessor "
-                f"makes {preprocessor.n_columns} columns"
+                f"spec.n_inputs is {spec.n_inputs} but the preprocessor makes {preprocessor.n_columns} "
+                f"columns per record (window {scoring.window})"
             )
         if (loss == "bce") != (spec.output == "sigmoid"):
             raise ArtifactError(f"loss {loss!r} does not fit a spec with output {spec.output!r}")
-        network = network_from_bytes(weights, spec)
+        network, extra = network_from_bytes(weights, spec, optional=(MEMORY_BANK, MEMORY_KDIST))
+        memory = None
+        if scoring.kind == "hybrid":
+            if MEMORY_BANK not in extra or MEMORY_KDIST not in extra or scoring.normalizer is None:
+                raise ArtifactError("a hybrid model's artifact lacks its neighbour memory or normalizer")
+            bank, kdist = extra[MEMORY_BANK], extra[MEMORY_KDIST]
+            if bank.ndim != 2 or bank.shape[1] != spec.n_inputs or kdist.shape != (bank.shape[0],):
+                raise ArtifactError(f"neighbour memory has shape {tuple(bank.shape)}, expected [m, {spec.n_inputs}]")
+            try:
+                memory = NeighborMemory(bank, kdist, scoring.neighbors)
+            except ValueError as exc:
+                raise ArtifactError(f"bad neighbour memory: {exc}") from exc
         ranges = {str(k): (float(v[0]), float(v[1])) for k, v in dict(meta.get("ranges") or {}).items()}
-        return cls(schema, preprocessor, spec, loss, threshold, network, dict(meta["report"]), ranges)
+        return cls(schema, preprocessor, spec, loss, threshold, network, dict(meta["report"]), ranges,
+                   scoring, memory)
+
+
+MEMORY_BANK = "__memory__.bank"
+MEMORY_KDIST = "__memory__.kdist"
+
+
+@dataclass(frozen=True)
+class _Parts:
+    scores: npt.NDArray[np.float64]
+    contributions: npt.NDArray[np.float64]
+    recon: npt.NDArray[np.float32]
+    components: dict[str, npt.NDArray[np.float64]] | None
+
+
+def _feature_matrix(model: FittedModel, device: torch.device) -> torch.Tensor:
+    """[scored columns, n_features] 0/1: which encoded column of the scored record belongs to which feature."""
+    pre = model.preprocessor
+    m = torch.zeros((pre.n_columns, len(model.schema.features)), device=device)
+    for j, name in enumerate(model.schema.names):
+        m[pre.feature_slices[name], j] = 1.0
+    return m
+
+
+def _score_parts(model: FittedModel, x: npt.NDArray[np.float32], batch_size: int, device: torch.device) -> _Parts:
+    """Scores, per-feature contributions and reconstructions of network inputs `x`, batch by batch."""
+    net = model.network if device.type == "cpu" else copy.deepcopy(model.network).to(device)
+    memory = model.memory.to(device) if model.memory is not None else None
+    scoring, spec, pre = model.scoring, model.spec, model.preprocessor
+    n, n_cols = len(x), pre.n_columns
+    last = spec.n_inputs - spec.columns          # the scored record's columns start here
+    features = _feature_matrix(model, device)
+    scores = np.empty(n, dtype=np.float64)
+    contributions = np.empty((n, len(model.schema.features)), dtype=np.float64)
+    recon_out = np.empty((n, n_cols), dtype=np.float32)
+    comps: dict[str, npt.NDArray[np.float64]] | None = (
+        {name: np.empty(n, dtype=np.float64) for name in COMPONENTS} if scoring.kind == "hybrid" else None)
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            xb = torch.from_numpy(x[start : start + batch_size]).to(device)
+            rb = net(xb)
+            own_x, own_r = xb[:, last : last + n_cols], rb[:, last : last + n_cols]
+            elem = (own_r - own_x).abs() if model.loss == "l1" else (own_r - own_x).square()
+            rec = elem.double().mean(dim=1)
+            per_feature = elem @ features                                    # [b, n_features]
+            end = start + len(xb)
+            recon_out[start:end] = own_r.float().cpu().numpy()
+            if scoring.kind == "reconstruction":
+                score = rec
+                contrib = per_feature.double() / n_cols
+            elif scoring.kind == "elbo":
+                score = rec + spec.beta * net.kl_per_row(xb).double() / spec.n_inputs
+                contrib = per_feature.double() / n_cols
+                contrib = contrib * (score / rec.clamp_min(1e-300)).unsqueeze(1)
+            else:
+                if memory is None or scoring.normalizer is None:
+                    raise ArtifactError("a hybrid model needs a neighbour memory and a normalizer")
+                near = memory.query(xb)
+                values = {"reconstruction": rec, "distance": near.distance.double(), "density": near.density.double()}
+                score, z = _combine(values, scoring)
+                diff = (xb - near.neighbour_mean)[:, last : last + n_cols].square() @ features
+                contrib = _blend(score, z, scoring.weights, per_feature.double(), diff.double())
+                if comps is not None:
+                    for name in COMPONENTS:
+                        comps[name][start:end] = values[name].cpu().numpy()
+            scores[start:end] = score.cpu().numpy()
+            contributions[start:end] = contrib.cpu().numpy()
+    return _Parts(scores, contributions, recon_out, comps)
+
+
+def _combine(values: Mapping[str, torch.Tensor], scoring: Scoring) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """exp of the weighted mean of the log-standardised components; and each component's z."""
+    if scoring.normalizer is None:
+        raise ValueError("hybrid scoring needs a normalizer")
+    z: dict[str, torch.Tensor] = {}
+    total = torch.zeros_like(values["reconstruction"])
+    for name, weight in zip(COMPONENTS, scoring.weights, strict=True):
+        mean, std, eps = scoring.normalizer[name]
+        z[name] = (torch.log(values[name] + eps) - mean) / std
+        total = total + weight * z[name]
+    mixed = (total / sum(scoring.weights)).clamp(max=700.0)
+    return torch.exp(mixed), z
+
+
+def _blend(
+    score: torch.Tensor, z: Mapping[str, torch.Tensor], weights: tuple[float, float, float],
+    rec_features: torch.Tensor, near_features: torch.Tensor,
+) -> torch.Tensor:
+    """Split each score over features: the reconstruction error's per-feature shares and the per-feature
+    distance to the neighbours' mean, mixed by how much each part pushed the score up."""
+    push_rec = weights[0] * z["reconstruction"].clamp_min(0.0)
+    push_near = weights[1] * z["distance"].clamp_min(0.0) + weights[2] * z["density"].clamp_min(0.0)
+    total = push_rec + push_near
+    share_rec = torch.where(total > 0, push_rec / total.clamp_min(1e-300), torch.ones_like(total))
+    rec_share = rec_features / rec_features.sum(dim=1, keepdim=True).clamp_min(1e-300)
+    near_share = near_features / near_features.sum(dim=1, keepdim=True).clamp_min(1e-300)
+    shares = share_rec.unsqueeze(1) * rec_share + (1.0 - share_rec).unsqueeze(1) * near_share
+    return shares * score.unsqueeze(1)
+
+
+def _normalizer(values: Mapping[str, npt.NDArray[np.float64]]) -> dict[str, tuple[float, float, float]]:
+    """Per component: (mean, std, eps) of log(value + eps) over held-out normal rows."""
+    out = {}
+    for name in COMPONENTS:
+        v = np.asarray(values[name], dtype=np.float64)
+        scale = float(np.median(v)) or float(np.mean(v))
+        eps = 1e-3 * scale + 1e-12
+        logs = np.log(v + eps)
+        std = float(np.std(logs))
+        out[name] = (float(np.mean(logs)), std if std > 1e-9 else 1.0, eps)
+    return out
+
+
+def _hybrid_fit(
+    x: npt.NDArray[np.float32], outcome: TrainOutcome, model: ModelSettings, spec: AutoencoderSpec, loss: LossName,
+    seed: int,
+) -> tuple[Scoring, NeighborMemory, npt.NDArray[np.float64]]:
+    """Build the neighbour memory and normalizer; returns them and the held-out rows' hybrid scores.
+
+    The memory holds (a sample of) every training row; each held-out row is scored leave-one-out, as
+    a new normal record would be: against the memory without itself.
+    """
+    val = outcome.val_index if outcome.val_index is not None else np.arange(len(x))
+    memory, rows = NeighborMemory.build(x, model.neighbors, model.memory_size, seed)
+    position = np.full(len(x), -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))
+    xv = torch.from_numpy(np.ascontiguousarray(x[val]))
+    with torch.inference_mode():
+        near = memory.query(xv, torch.from_numpy(position[val]))
+    columns = spec.columns
+    last = spec.n_inputs - columns
+    rec, _, elem = row_errors(outcome.model, x[val], loss)
+    rec = elem[:, last : last + columns].mean(axis=1, dtype=np.float64) if spec.window > 1 else rec
+    values = {"reconstruction": rec, "distance": near.distance.double().numpy(),
+              "density": near.density.double().numpy()}
+    scoring = Scoring(kind="hybrid", weights=model.weights, neighbors=memory.k, normalizer=_normalizer(values),
+                      time_features=model.time_features, window=model.window)
+    score, _ = _combine({k: torch.from_numpy(np.asarray(v)) for k, v in values.items()}, scoring)
+    return scoring, memory, score.numpy()
+
+
+def _network_inputs(
+    frame: pd.DataFrame, preprocessor: Preprocessor, model: ModelSettings
+) -> npt.NDArray[np.float32]:
+    x = preprocessor.transform(frame)
+    if model.time_features:
+        x = np.concatenate([x, time_features(frame)], axis=1)
+    if model.window > 1:
+        x = windows(x, frame, model.window)
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def fit_model(
@@ -254,11 +536,12 @@ def fit_model(
     on_epoch: Callable[[EpochStats], None] | None = None,
     trim_fraction: float = 0.0,
 ) -> FittedModel:
-    """Fit preprocessing on `frame`, train the autoencoder, fit the threshold on validation scores.
+    """Fit preprocessing on `frame`, train the autoencoder, fit the threshold on held-out scores.
 
     With `trim_fraction` > 0 the window is screened first: a model is fitted on all of it, the
     `trim_fraction` highest-scoring rows (the likely incidents of a window no model has screened
-    yet) are dropped, and the model is fitted again, from scratch, on the rest.
+    yet) are dropped, and the model is fitted again, from scratch, on the rest. Sequence mode and
+    time features read the frame's TS_COLUMN (and KEY_COLUMN when there are several series).
     """
     if not 0.0 <= trim_fraction < 0.5:
         raise ValueError(f"trim_fraction must be in [0, 0.5), got {trim_fraction!r}")
@@ -273,24 +556,47 @@ def fit_model(
     if len(frame) < min_rows_for(0):
         raise InsufficientDataError(len(frame), min_rows_for(0))
     bce = train.loss == "bce"
-    preprocessor = Preprocessor.fit(frame, schema, unit_range=bce)
+    preprocessor = Preprocessor.fit(frame, schema, unit_range=bce, scaling=model.scaling)
     needed = min_rows_for(preprocessor.n_columns)
     if len(frame) < needed:
         raise InsufficientDataError(len(frame), needed)
+    x = _network_inputs(frame, preprocessor, model)
     spec = AutoencoderSpec(
-        n_inputs=preprocessor.n_columns,
+        n_inputs=x.shape[1],
         hidden=tuple(model.hidden),
         latent=model.latent,
         activation=model.activation,
         output="sigmoid" if bce else "linear",
         dropout=model.dropout,
+        variant=model.variant,
+        arch=model.arch,
+        window=model.window,
+        noise=model.noise,
+        noise_level=model.noise_level,
+        sparsity=model.sparsity,
+        sparsity_weight=model.sparsity_weight,
+        sparsity_target=model.sparsity_target,
+        contractive_weight=model.contractive_weight,
+        beta=model.beta,
     )
-    outcome = train_autoencoder(preprocessor.transform(frame), spec, train, on_epoch)
-    fitted_threshold = fit_quantile_threshold(outcome.val_errors, threshold.target_fpr)
-    report = _report(outcome, fitted_threshold, model, train, threshold, n_rows=len(frame))
+    outcome = train_autoencoder(x, spec, train, on_epoch)
+    memory = None
+    if model.score == "hybrid":
+        scoring, memory, val_scores = _hybrid_fit(x, outcome, model, spec, train.loss, train.seed)
+    else:
+        scoring = Scoring(kind=model.score, weights=model.weights, neighbors=model.neighbors,
+                          time_features=model.time_features, window=model.window)
+        val = outcome.val_index if outcome.val_index is not None else np.arange(len(x))
+        probe = FittedModel(schema, preprocessor, spec, train.loss, Threshold(0.0, "none", 0.01, 1, 0.01),
+                            outcome.model, {}, None, scoring, None)
+        val_scores = _score_parts(probe, x[val], 8192, torch.device("cpu")).scores
+    fitted_threshold = fit_threshold(val_scores, threshold.method, threshold.target_fpr, threshold.k)
+    report = _report(outcome, fitted_threshold, model, train, threshold, n_rows=len(frame), val=val_scores)
+    report["scoring"] = {"kind": scoring.kind, "weights": list(scoring.weights),
+                         "memory_rows": 0 if memory is None else int(memory.bank.shape[0])}
     fitted = FittedModel(schema, preprocessor, spec, train.loss, fitted_threshold, outcome.model, report,
-                         _numeric_ranges(frame, schema))
-    fitted.val_scores = np.asarray(outcome.val_errors, dtype=np.float64)
+                         _numeric_ranges(frame, schema), scoring, memory)
+    fitted.val_scores = np.asarray(val_scores, dtype=np.float64)
     return fitted
 
 
@@ -314,9 +620,9 @@ def _report(
     train: TrainSettings,
     threshold_settings: ThresholdSettings,
     n_rows: int,
+    val: npt.NDArray[np.float64],
 ) -> dict[str, Any]:
     last = outcome.history[-1]
-    val = outcome.val_errors
     report = {
         "n_rows": n_rows,
         "n_train": outcome.n_train,

@@ -103,6 +103,8 @@ class TrainOutcome:
     stopped_early: bool
     seconds: float
     stop_reason: StopReason = "epochs"
+    train_index: npt.NDArray[np.intp] | None = None
+    val_index: npt.NDArray[np.intp] | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -131,12 +133,69 @@ def _check_matrix(x: npt.NDArray[np.float32], n_inputs: int) -> npt.NDArray[np.f
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _batch_loss(model: DenseAutoencoder, xb: torch.Tensor, loss: LossName) -> torch.Tensor:
-    """Mean loss of a minibatch. "bce" uses the logits (stable) against targets clamped to [0, 1]."""
+def _reconstruction_loss(
+    logits: torch.Tensor, target: torch.Tensor, loss: LossName, sigmoid: bool
+) -> torch.Tensor:
     if loss == "bce":
-        return F.binary_cross_entropy_with_logits(model.logits(xb), xb.clamp(0.0, 1.0))
-    recon = model(xb)
-    return F.mse_loss(recon, xb) if loss == "mse" else F.l1_loss(recon, xb)
+        return F.binary_cross_entropy_with_logits(logits, target.clamp(0.0, 1.0))
+    recon = torch.sigmoid(logits) if sigmoid else logits
+    return F.mse_loss(recon, target) if loss == "mse" else F.l1_loss(recon, target)
+
+
+def _batch_loss(model: DenseAutoencoder, xb: torch.Tensor, loss: LossName) -> torch.Tensor:
+    """Mean validation loss of a minibatch: plain reconstruction (plus the KL term of a VAE)."""
+    spec = model.spec
+    mean, log_var = model.encode_full(xb)
+    value = _reconstruction_loss(model.decode_logits(mean), xb, loss, spec.output == "sigmoid")
+    if log_var is not None:
+        value = value + spec.beta * _kl(mean, log_var).mean() / spec.n_inputs
+    return value
+
+
+def _kl(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (mean.square() + log_var.exp() - 1.0 - log_var).sum(dim=1)
+
+
+def _training_loss(model: DenseAutoencoder, xb: torch.Tensor, loss: LossName) -> torch.Tensor:
+    """Mean training loss of a minibatch with the variant's corruption or penalty.
+
+    denoising: reconstruct the clean rows from corrupted ones; sparse: + L1 of the code, or the KL
+    divergence of each code unit's mean sigmoid activation from the target; contractive: + a
+    one-sample finite-difference estimate of the encoder Jacobian's squared Frobenius norm,
+    E_v ||J v||^2 with v ~ N(0, I); vae: reconstruction of a sampled code + beta * KL / n_inputs.
+    """
+    spec = model.spec
+    sigmoid = spec.output == "sigmoid"
+    if spec.variant == "vae":
+        mean, log_var = model.encode_full(xb)
+        if log_var is None:
+            raise TrainingError("a vae network must give a log-variance")
+        z = mean + torch.randn_like(mean) * (0.5 * log_var).exp()
+        recon = _reconstruction_loss(model.decode_logits(z), xb, loss, sigmoid)
+        return recon + spec.beta * _kl(mean, log_var).mean() / spec.n_inputs
+    inputs = xb
+    if spec.variant == "denoising":
+        if spec.noise == "gaussian":
+            inputs = xb + spec.noise_level * torch.randn_like(xb)
+        else:
+            inputs = xb * (torch.rand_like(xb) >= spec.noise_level)
+    code = model.encode(inputs)
+    value = _reconstruction_loss(model.decode_logits(code), xb, loss, sigmoid)
+    if spec.variant == "sparse":
+        if spec.sparsity == "l1":
+            value = value + spec.sparsity_weight * code.abs().mean()
+        else:
+            rho = spec.sparsity_target
+            rho_hat = torch.sigmoid(code).mean(dim=0).clamp(1e-6, 1 - 1e-6)
+            kl = rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))
+            value = value + spec.sparsity_weight * kl.sum()
+    elif spec.variant == "contractive":
+        step = 1e-2
+        direction = torch.randn_like(xb)
+        moved = model.encode(xb + step * direction)
+        jacobian_sq = (moved - code).square().sum(dim=1) / step**2
+        value = value + spec.contractive_weight * jacobian_sq.mean()
+    return value
 
 
 def _train_epoch(
@@ -152,7 +211,7 @@ def _train_epoch(
     total = torch.zeros((), device=x.device)
     for start in range(0, len(x), settings.batch_size):
         xb = x[order[start : start + settings.batch_size]]
-        loss = _batch_loss(model, xb, settings.loss)
+        loss = _training_loss(model, xb, settings.loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
@@ -227,6 +286,7 @@ def train_autoencoder(
         model=model, history=history, best_epoch=best_epoch, val_errors=val_errors,
         n_train=len(train_idx), n_val=len(val_idx), device=str(device),
         stopped_early=reason != "epochs", seconds=seconds, stop_reason=reason,
+        train_index=train_idx, val_index=val_idx,
     )
 
 

@@ -11,19 +11,37 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
-__all__ = ["Activation", "AutoencoderSpec", "DenseAutoencoder", "count_parameters"]
+__all__ = [
+    "ARCHS", "VARIANTS", "Activation", "Arch", "AutoencoderSpec", "DenseAutoencoder", "Variant", "count_parameters",
+]
 
 logger = logging.getLogger(__name__)
 
 Activation = Literal["relu", "tanh", "gelu", "elu", "leaky_relu"]
 OutputKind = Literal["linear", "sigmoid"]
+Variant = Literal["dense", "denoising", "sparse", "contractive", "vae"]
+Arch = Literal["dense", "conv", "lstm"]
+NoiseKind = Literal["gaussian", "mask"]
+SparsityKind = Literal["l1", "kl"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
+ARCHS: tuple[str, ...] = get_args(Arch)
 _ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 _OUTPUTS: tuple[str, ...] = get_args(OutputKind)
 
 
 @dataclass(frozen=True, slots=True)
 class AutoencoderSpec:
-    """Layer sizes and options of a DenseAutoencoder; validated on construction."""
+    """Layer sizes, variant and options of an autoencoder; validated on construction.
+
+    `arch` "dense" reads rows [n, n_inputs]. "conv" and "lstm" read windows of `window` consecutive
+    records, flattened oldest first: n_inputs is window x `columns` (encoded columns per record).
+    Variants: "dense" (plain), "denoising" (inputs corrupted while
+    training: `noise` "gaussian" with std `noise_level`, or "mask" dropping a `noise_level` share of
+    inputs), "sparse" (`sparsity` "l1" activity penalty on the code, or "kl" towards a mean
+    activation of `sparsity_target`, weighted by `sparsity_weight`), "contractive" (a stochastic
+    estimate of the encoder Jacobian's squared Frobenius norm, weighted by `contractive_weight`) and
+    "vae" (a beta-VAE: the encoder gives a mean and log-variance, the KL term is weighted by `beta`).
+    """
 
     n_inputs: int
     hidden: tuple[int, ...] = (64, 32)
@@ -31,6 +49,16 @@ class AutoencoderSpec:
     activation: Activation = "relu"
     output: OutputKind = "linear"
     dropout: float = 0.0
+    variant: Variant = "dense"
+    arch: Arch = "dense"
+    window: int = 1
+    noise: NoiseKind = "gaussian"
+    noise_level: float = 0.1
+    sparsity: SparsityKind = "l1"
+    sparsity_weight: float = 1e-3
+    sparsity_target: float = 0.05
+    contractive_weight: float = 1e-2
+    beta: float = 1.0
 
     def __post_init__(self) -> None:
         if not _is_int(self.n_inputs) or self.n_inputs < 1:
@@ -39,12 +67,35 @@ class AutoencoderSpec:
             raise ValueError(f"hidden must be a tuple of positive integers, got {self.hidden!r}")
         if not _is_int(self.latent) or self.latent < 1:
             raise ValueError(f"latent must be a positive integer, got {self.latent!r}")
-        if self.activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {self.activation!r}")
-        if self.output not in _OUTPUTS:
-            raise ValueError(f"output must be one of {_OUTPUTS}, got {self.output!r}")
-        if not isinstance(self.dropout, int | float) or not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        choices: dict[str, tuple[object, tuple[str, ...]]] = {
+            "activation": (self.activation, _ACTIVATIONS), "output": (self.output, _OUTPUTS),
+            "variant": (self.variant, VARIANTS), "arch": (self.arch, ARCHS),
+            "noise": (self.noise, get_args(NoiseKind)), "sparsity": (self.sparsity, get_args(SparsityKind)),
+        }
+        for name, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        for name, value, low, high in (("dropout", self.dropout, 0.0, 1.0), ("noise_level", self.noise_level, 0.0, 1.0),
+                                       ("sparsity_target", self.sparsity_target, 0.0, 1.0)):
+            if not isinstance(value, int | float) or not low <= value < high:
+                raise ValueError(f"{name} must be in [{low}, {high}), got {value!r}")
+        for name, value in (("sparsity_weight", self.sparsity_weight), ("contractive_weight", self.contractive_weight),
+                            ("beta", self.beta)):
+            if not isinstance(value, int | float) or not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if not _is_int(self.window) or self.window < 1:
+            raise ValueError(f"window must be a positive integer, got {self.window!r}")
+        if (self.arch == "dense") != (self.window == 1):
+            raise ValueError(f"arch {self.arch!r} does not fit window {self.window}: dense needs 1, conv/lstm > 1")
+        if self.n_inputs % self.window:
+            raise ValueError(f"n_inputs {self.n_inputs} is not a multiple of window {self.window}")
+        if self.arch != "dense" and not self.hidden:
+            raise ValueError(f"arch {self.arch!r} needs at least one hidden width")
+
+    @property
+    def columns(self) -> int:
+        """Encoded columns per record (n_inputs / window)."""
+        return self.n_inputs // self.window
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,10 +105,22 @@ class AutoencoderSpec:
             "activation": self.activation,
             "output": self.output,
             "dropout": float(self.dropout),
+            "variant": self.variant,
+            "arch": self.arch,
+            "window": self.window,
+            "noise": self.noise,
+            "noise_level": float(self.noise_level),
+            "sparsity": self.sparsity,
+            "sparsity_weight": float(self.sparsity_weight),
+            "sparsity_target": float(self.sparsity_target),
+            "contractive_weight": float(self.contractive_weight),
+            "beta": float(self.beta),
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> AutoencoderSpec:
+        defaults = cls(n_inputs=1)
+        extra = {name: d.get(name, getattr(defaults, name)) for name in _OPTIONAL_FIELDS}
         return cls(
             n_inputs=d["n_inputs"],
             hidden=tuple(d["hidden"]),
@@ -65,7 +128,12 @@ class AutoencoderSpec:
             activation=d["activation"],
             output=d["output"],
             dropout=d["dropout"],
+            **extra,
         )
+
+
+_OPTIONAL_FIELDS = ("variant", "arch", "window", "noise", "noise_level", "sparsity", "sparsity_weight",
+                    "sparsity_target", "contractive_weight", "beta")
 
 
 def _is_int(value: object) -> bool:
@@ -97,38 +165,137 @@ def _stack(sizes: list[int], activation: Activation, dropout: float) -> nn.Seque
 
 
 class DenseAutoencoder(nn.Module):
-    """n_inputs -> hidden... -> latent -> reversed hidden... -> n_inputs, then the output function.
+    """An autoencoder for the spec's arch: dense, or 1-D convolutional / LSTM over a window of records.
 
-    `decoder` ends in a plain linear layer; the sigmoid of a "sigmoid" spec is applied in `forward`,
-    so the training loop can use the logits (`decoder(encoder(x))`) for a stable BCE loss.
+    Inputs and outputs are always flat [n, n_inputs]. `decoder` output is pre-activation; the sigmoid
+    of a "sigmoid" spec is applied in `forward`, so the training loop can use the logits for a stable
+    BCE loss. A "vae" encoder yields a mean and a log-variance; `encode` and `forward` use the mean
+    (deterministic scoring), `sample_logits` draws a code for training.
     """
 
     def __init__(self, spec: AutoencoderSpec) -> None:
         super().__init__()
         self.spec = spec
-        sizes = [spec.n_inputs, *spec.hidden, spec.latent]
-        self.encoder = _stack(sizes, spec.activation, spec.dropout)
-        self.decoder = _stack(sizes[::-1], spec.activation, spec.dropout)
+        code = 2 * spec.latent if spec.variant == "vae" else spec.latent
+        self.encoder: nn.Module
+        self.decoder: nn.Module
+        if spec.arch == "dense":
+            sizes = [spec.n_inputs, *spec.hidden, spec.latent]
+            self.encoder = _stack([*sizes[:-1], code], spec.activation, spec.dropout)
+            self.decoder = _stack(sizes[::-1], spec.activation, spec.dropout)
+        elif spec.arch == "conv":
+            self.encoder = _ConvEncoder(spec, code)
+            self.decoder = _ConvDecoder(spec)
+        else:
+            self.encoder = _LstmEncoder(spec, code)
+            self.decoder = _LstmDecoder(spec)
+
+    def _code(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out: torch.Tensor = self.encoder(x)
+        if self.spec.variant == "vae":
+            mean, log_var = out.chunk(2, dim=-1)
+            return mean, log_var.clamp(-20.0, 20.0)
+        return out, None
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Latent codes [n, latent] of inputs [n, n_inputs]."""
-        z: torch.Tensor = self.encoder(x)
-        return z
+        """Latent codes [n, latent] of inputs [n, n_inputs] (the mean for a VAE)."""
+        return self._code(x)[0]
+
+    def encode_full(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(code or mean [n, latent], log-variance [n, latent] for a VAE else None)."""
+        return self._code(x)
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.decoder(z)
+        return out
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The decoder's output before the output function, shape [n, n_inputs]."""
-        out: torch.Tensor = self.decoder(self.encoder(x))
-        return out
+        return self.decode_logits(self.encode(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstructions [n, n_inputs] of inputs [n, n_inputs]."""
         out = self.logits(x)
         return torch.sigmoid(out) if self.spec.output == "sigmoid" else out
 
+    def kl_per_row(self, x: torch.Tensor) -> torch.Tensor:
+        """KL(q(z|x) || N(0, I)) per row [n] for a VAE; zeros otherwise."""
+        mean, log_var = self._code(x)
+        if log_var is None:
+            return torch.zeros(len(x), device=x.device, dtype=x.dtype)
+        return 0.5 * (mean.square() + log_var.exp() - 1.0 - log_var).sum(dim=1)
+
+
+class _ConvEncoder(nn.Module):
+    """[n, W*C] -> [n, C, W] -> Conv1d stack (kernel 3, same length) -> flatten -> Linear -> code."""
+
+    def __init__(self, spec: AutoencoderSpec, code: int) -> None:
+        super().__init__()
+        self.window, self.columns = spec.window, spec.columns
+        channels = [spec.columns, *spec.hidden]
+        layers: list[nn.Module] = []
+        for c_in, c_out in itertools.pairwise(channels):
+            layers += [nn.Conv1d(c_in, c_out, kernel_size=3, padding=1), _activation(spec.activation)]
+        self.convs = nn.Sequential(*layers)
+        self.head = nn.Linear(channels[-1] * spec.window, code)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.convs(x.reshape(len(x), self.window, self.columns).transpose(1, 2))
+        out: torch.Tensor = self.head(h.flatten(1))
+        return out
+
+
+class _ConvDecoder(nn.Module):
+    def __init__(self, spec: AutoencoderSpec) -> None:
+        super().__init__()
+        self.window, self.width = spec.window, spec.hidden[-1]
+        self.head = nn.Linear(spec.latent, spec.hidden[-1] * spec.window)
+        channels = [*spec.hidden[::-1], spec.columns]
+        layers: list[nn.Module] = [_activation(spec.activation)]
+        for i, (c_in, c_out) in enumerate(itertools.pairwise(channels)):
+            layers.append(nn.Conv1d(c_in, c_out, kernel_size=3, padding=1))
+            if i < len(channels) - 2:
+                layers.append(_activation(spec.activation))
+        self.convs = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.head(z).reshape(len(z), self.width, self.window)
+        out: torch.Tensor = self.convs(h).transpose(1, 2).flatten(1)
+        return out
+
+
+class _LstmEncoder(nn.Module):
+    """[n, W*C] -> LSTM over the W steps -> last hidden state -> Linear -> code."""
+
+    def __init__(self, spec: AutoencoderSpec, code: int) -> None:
+        super().__init__()
+        self.window, self.columns = spec.window, spec.columns
+        self.lstm = nn.LSTM(spec.columns, spec.hidden[0], num_layers=len(spec.hidden), batch_first=True)
+        self.head = nn.Linear(spec.hidden[0], code)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, (h, _) = self.lstm(x.reshape(len(x), self.window, self.columns))
+        out: torch.Tensor = self.head(h[-1])
+        return out
+
+
+class _LstmDecoder(nn.Module):
+    """code -> Linear -> repeated W times -> LSTM -> Linear per step -> [n, W*C]."""
+
+    def __init__(self, spec: AutoencoderSpec) -> None:
+        super().__init__()
+        self.window = spec.window
+        self.head = nn.Linear(spec.latent, spec.hidden[0])
+        self.lstm = nn.LSTM(spec.hidden[0], spec.hidden[0], num_layers=len(spec.hidden), batch_first=True)
+        self.out = nn.Linear(spec.hidden[0], spec.columns)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.head(z).unsqueeze(1).expand(-1, self.window, -1)
+        steps, _ = self.lstm(h.contiguous())
+        out: torch.Tensor = self.out(steps).flatten(1)
+        return out
+
 
 def count_parameters(spec: AutoencoderSpec) -> int:
     """Trainable parameters (weights and biases) of the autoencoder `spec` describes."""
-    sizes = [spec.n_inputs, *spec.hidden, spec.latent]
-    encoder = sum(a * b + b for a, b in itertools.pairwise(sizes))
-    decoder = sum(a * b + b for a, b in itertools.pairwise(sizes[::-1]))
-    return encoder + decoder
+    return sum(p.numel() for p in DenseAutoencoder(spec).parameters())

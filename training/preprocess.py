@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -14,7 +14,7 @@ import pandas as pd
 from training._columns import boolean_values, category_values, numeric_values, take_column
 from training.schema import Feature, Schema
 
-__all__ = ["MISSING", "OTHER", "UNSEEN", "Preprocessor"]
+__all__ = ["MISSING", "OTHER", "UNSEEN", "Preprocessor", "Scaling"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +25,8 @@ MISSING = "__missing__"
 # float32's range (validation accepts 1e39) would otherwise become inf, making training diverge and a
 # score's explanation unreadable. A record this far out still scores far above any threshold.
 NUMERIC_CLIP = 1e6
+
+Scaling = Literal["robust", "standard"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +63,17 @@ def _feature_columns(feature: Feature, state: _State) -> list[str]:
     return [name, *([f"{name}__missing"] if feature.optional else [])]
 
 
-def _fit_numeric(values: npt.NDArray[np.float64], unit_range: bool) -> _Numeric:
+def _fit_numeric(values: npt.NDArray[np.float64], unit_range: bool, scaling: Scaling = "robust") -> _Numeric:
     present = values[np.isfinite(values)]
     if present.size == 0:
         return _Numeric(center=0.0, scale=1.0, fill=0.0)
     median = float(np.median(present))
+    if scaling == "standard" and not unit_range:
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean, std = float(np.mean(present)), float(np.std(present))
+        if not np.isfinite(mean) or not np.isfinite(std):   # values near float64's limits
+            mean, std = median, float("nan")
+        return _Numeric(center=mean, scale=std if std > 0 else 1.0, fill=median)
     if unit_range:
         low, high = np.quantile(present, [0.01, 0.99])
         width = float(high - low)
@@ -121,16 +129,24 @@ class Preprocessor:
 
     @classmethod
     def fit(
-        cls, frame: pd.DataFrame, schema: Schema, max_categories: int = 50, unit_range: bool = False
+        cls, frame: pd.DataFrame, schema: Schema, max_categories: int = 50, unit_range: bool = False,
+        scaling: Scaling = "robust",
     ) -> Preprocessor:
-        """Learn medians, spreads and category lists from `frame` (extra columns are ignored)."""
+        """Learn centres, spreads and category lists from `frame` (extra columns are ignored).
+
+        Numeric scaling: "robust" (median and interquartile range, falling back to the standard
+        deviation), "standard" (mean and standard deviation); `unit_range` (the 1st to 99th
+        percentile mapped to 0..1, for a BCE loss) overrides both.
+        """
         if max_categories < 1:
             raise ValueError(f"max_categories must be at least 1, got {max_categories}")
+        if scaling not in get_args(Scaling):
+            raise ValueError(f"scaling must be one of {get_args(Scaling)}, got {scaling!r}")
         states: dict[str, _State] = {}
         for f in schema.features:
             column = take_column(frame, f.name)
             if f.kind == "numeric":
-                states[f.name] = _fit_numeric(numeric_values(column, f.name, f.optional)[0], unit_range)
+                states[f.name] = _fit_numeric(numeric_values(column, f.name, f.optional)[0], unit_range, scaling)
             elif f.kind == "categorical":
                 strings, missing = category_values(column, f.name, f.optional)
                 states[f.name] = _fit_categorical(strings, missing, max_categories)

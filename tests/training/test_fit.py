@@ -160,7 +160,8 @@ def test_artifact_round_trip_reproduces_scores_exactly(mixed_model: FittedModel)
     weights, meta = _round_trip(mixed_model)
     assert meta["format"] == "vigil-model"
     assert meta["format_version"] == 1
-    assert set(safetensors.torch.load(weights)) == set(mixed_model.network.state_dict())
+    memory = {"__memory__.bank", "__memory__.kdist"}
+    assert set(safetensors.torch.load(weights)) == set(mixed_model.network.state_dict()) | memory
     loaded = FittedModel.from_artifact(weights, meta)
     frame = mixed_frame(200, seed=11)
     before, after = mixed_model.score(frame), loaded.score(frame)
@@ -217,19 +218,20 @@ def test_trim_fraction_drops_the_highest_scoring_rows_and_refits() -> None:
     import numpy as np
     import pandas as pd
 
-    from training.fit import fit_model
+    from training.fit import ModelSettings, fit_model
     from training.loop import TrainSettings
     from training.schema import Feature, Schema
 
     rng = np.random.default_rng(0)
     n = 1000
+    error_only = ModelSettings(score="reconstruction")   # thresholds in the same units, comparable
     a = rng.normal(size=n)
     frame = pd.DataFrame({"x": a, "y": 2 * a + rng.normal(0, 0.05, n)})
     frame.loc[:19, "y"] = -3 * frame.loc[:19, "x"] + 8.0          # 2 % contamination: broken relation
     schema = Schema((Feature("x", "numeric"), Feature("y", "numeric")))
     settings = TrainSettings(epochs=40, patience=5, seed=0, device="cpu")
-    plain = fit_model(frame, schema, train=settings)
-    trimmed = fit_model(frame, schema, train=settings, trim_fraction=0.03)
+    plain = fit_model(frame, schema, error_only, train=settings)
+    trimmed = fit_model(frame, schema, error_only, train=settings, trim_fraction=0.03)
     assert trimmed.report["trimmed_rows"] == 30
     assert trimmed.report["n_rows"] == 970
     # the contaminating rows are not learnt as normal: they score far above the cleaner threshold
