@@ -52,6 +52,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+TRIM_SPREADS = 2.0         # first-window trim: how far beyond the held-out 95th percentile a row must score
 OUT_OF_RANGE_SPANS = 0.5   # a value beyond the training range by more than half its width is out of range
 
 
@@ -548,7 +549,14 @@ def fit_model(
     if trim_fraction > 0.0:
         screen = fit_model(frame, schema, model, train, threshold, on_epoch)
         scores = screen.score(frame).scores
-        keep = scores <= np.quantile(scores, 1.0 - trim_fraction)
+        # Only clear outliers go: beyond q95 + TRIM_SPREADS * (q95 - q50) of the screening model's
+        # held-out scores (quantiles that incidents in under 5 % of the window cannot move much), and at
+        # most trim_fraction of the window. Trimming ordinary normal rows would cut the top of the
+        # held-out distribution too, and the refitted threshold would flag more than target_fpr.
+        val = screen.val_scores if screen.val_scores is not None else scores
+        q50, q95 = np.quantile(val, [0.5, 0.95])
+        far = scores > q95 + TRIM_SPREADS * (q95 - q50)
+        keep = ~far | (scores <= np.quantile(scores, 1.0 - trim_fraction))
         fitted = fit_model(frame[keep].reset_index(drop=True), schema, model, train, threshold, on_epoch)
         fitted.report["trimmed_rows"] = int(len(frame) - int(keep.sum()))
         fitted.report["n_rows_before_trim"] = len(frame)

@@ -232,8 +232,9 @@ def test_trim_fraction_drops_the_highest_scoring_rows_and_refits() -> None:
     settings = TrainSettings(epochs=40, patience=5, seed=0, device="cpu")
     plain = fit_model(frame, schema, error_only, train=settings)
     trimmed = fit_model(frame, schema, error_only, train=settings, trim_fraction=0.03)
-    assert trimmed.report["trimmed_rows"] == 30
-    assert trimmed.report["n_rows"] == 970
+    # the 20 broken rows go, and few normal ones (at most the 3 % cap)
+    assert 20 <= trimmed.report["trimmed_rows"] <= 30
+    assert trimmed.report["n_rows"] == 1000 - trimmed.report["trimmed_rows"]
     # the contaminating rows are not learnt as normal: they score far above the cleaner threshold
     bad = trimmed.score(frame.iloc[:20])
     assert bad.is_outlier.mean() >= 0.9
