@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from detector.store.repository import PendingRecord
@@ -13,16 +16,55 @@ from training.schema import Schema
 
 __all__ = ["records_frame", "to_json_value"]
 
+_PLAIN_NUMBERS = frozenset({float, int, type(None)})
+
 
 def records_frame(records: Sequence[PendingRecord], schema: Schema) -> pd.DataFrame:
-    """One row per record, one column per schema feature (missing values as None/NaN)."""
-    names = schema.names
-    rows = [[r.fields.get(n) for n in names] for r in records]
-    frame = pd.DataFrame(rows, columns=names)
+    """One row per record, one column per schema feature (missing values as None/NaN).
+
+    The numeric features of every record are read in one pass into a float64 block; when a record lacks
+    one or holds something else than a number, those columns are built one by one instead.
+    """
+    fields = [r.fields for r in records]
+    numeric = [f.name for f in schema.features if f.kind == "numeric"]
+    block = _numeric_block(fields, numeric)
+    if block is not None and len(numeric) == len(schema.features):
+        return pd.DataFrame(block, columns=numeric)
+    position = {name: j for j, name in enumerate(numeric)}
+    columns: dict[str, Any] = {}
     for feature in schema.features:
-        if feature.kind == "numeric":
-            frame[feature.name] = pd.to_numeric(frame[feature.name], errors="coerce").astype("float64")
-    return frame
+        name = feature.name
+        if feature.kind != "numeric":
+            columns[name] = pd.Series([f.get(name) for f in fields], dtype=None if fields else object)
+        elif block is not None:
+            columns[name] = block[:, position[name]]
+        else:
+            columns[name] = _numeric_column([f.get(name) for f in fields])
+    return pd.DataFrame(columns, columns=schema.names)
+
+
+def _numeric_block(fields: list[dict[str, Any]], names: list[str]) -> npt.NDArray[np.float64] | None:
+    """[n, len(names)] float64 when every record holds a number (int or float) for every name, else None."""
+    if not names or not fields:
+        return None
+    getter = itemgetter(*names)
+    values = map(getter, fields) if len(names) > 1 else ((v,) for v in map(getter, fields))
+    try:
+        flat = np.fromiter(chain.from_iterable(values), dtype=np.float64, count=len(fields) * len(names))
+    except (KeyError, TypeError, ValueError, OverflowError):   # a missing name, None, text, a huge integer
+        return None
+    return flat.reshape(len(fields), len(names))
+
+
+def _numeric_column(values: list[Any]) -> npt.NDArray[np.float64]:
+    """float64 values, NaN where missing or not a number."""
+    if set(map(type, values)) <= _PLAIN_NUMBERS:
+        try:
+            return np.array(values, dtype=np.float64)
+        except OverflowError:   # an integer beyond float64
+            pass
+    coerced = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").astype("float64")
+    return np.asarray(coerced, dtype=np.float64)
 
 
 def to_json_value(value: Any) -> Any:

@@ -8,7 +8,9 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from training.schema import Feature, Schema
 
@@ -41,9 +43,9 @@ _RAW_LIMIT = 2000
 _KEY_LIMIT = 256
 
 
-@dataclass(frozen=True, slots=True)
-class ValidRecord:
-    """A record that passed validation: UTC timestamp, optional key, typed fields."""
+class ValidRecord(NamedTuple):
+    """A record that passed validation: UTC timestamp, optional key, typed fields (a NamedTuple:
+    immutable, and cheap to create at one per record)."""
 
     ts: datetime
     key: str | None
@@ -188,12 +190,27 @@ class RecordValidator:
         self.ts_field = ts_field
         self.key_field = key_field
         self._features = {f.name: f for f in schema.features}
+        # the column checks read features straight from the record, so no feature may be named like these
+        self._columnar = ts_field != key_field and not {ts_field, key_field} & self._features.keys()
 
     def _flatten(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         nested = raw.get("fields")
         if isinstance(nested, Mapping) and "fields" not in self._features:
             return dict(nested)
         return {k: v for k, v in raw.items() if k not in (self.ts_field, self.key_field)}
+
+    def _checked_key(self, key: Any) -> str | None:
+        if key is None:
+            return None
+        if isinstance(key, bool) or not isinstance(key, str | int):
+            raise _Invalid(self.key_field, "bad_key", f"expected a string, got {_describe(key)}")
+        text = str(key)
+        if len(text) > _KEY_LIMIT:
+            raise _Invalid(self.key_field, "bad_key", f"longer than {_KEY_LIMIT} characters")
+        problem = _text_problem(text)
+        if problem is not None:
+            raise _Invalid(self.key_field, "bad_key", problem)
+        return text
 
     def _check(self, raw: Any, now: datetime) -> ValidRecord:
         if isinstance(raw, MalformedLine):
@@ -204,16 +221,7 @@ class RecordValidator:
             ts = parse_timestamp(raw.get(self.ts_field), now)
         except (ValueError, TypeError, OverflowError, OSError) as exc:
             raise _Invalid(self.ts_field, "bad_timestamp", str(exc)) from None
-        key = raw.get(self.key_field)
-        if key is not None:
-            if isinstance(key, bool) or not isinstance(key, str | int):
-                raise _Invalid(self.key_field, "bad_key", f"expected a string, got {_describe(key)}")
-            key = str(key)
-            if len(key) > _KEY_LIMIT:
-                raise _Invalid(self.key_field, "bad_key", f"longer than {_KEY_LIMIT} characters")
-            problem = _text_problem(key)
-            if problem is not None:
-                raise _Invalid(self.key_field, "bad_key", problem)
+        key = self._checked_key(raw.get(self.key_field))
         values = self._flatten(raw)
         for name in values:
             problem = _text_problem(str(name))
@@ -237,15 +245,155 @@ class RecordValidator:
             return Rejection(index, bad.field_name, bad.reason, f"{where}: {what}{bad.problem}", _raw_text(raw))
 
     def validate_many(self, raws: Iterable[Any], start_index: int = 0) -> Batch:
+        """Every record of a batch, in order: accepted or rejected.
+
+        The checks run column by column over the batch (`_ColumnCheck`); a record they cannot vouch
+        for goes through `validate`, which gives the same outcome for it as it would alone.
+        """
         now = datetime.now(UTC)
+        raws = list(raws)
+        vouched = _ColumnCheck(self, raws, now).records() if self._columnar else [None] * len(raws)
         batch = Batch()
-        for offset, raw in enumerate(raws):
-            outcome = self.validate(raw, start_index + offset, now)
+        for offset, (raw, valid) in enumerate(zip(raws, vouched, strict=True)):
+            outcome = valid or self.validate(raw, start_index + offset, now)
             if isinstance(outcome, Rejection):
                 batch.rejected.append(outcome)
             else:
                 batch.accepted.append(outcome)
         return batch
+
+
+_PLAIN_NUMBER = frozenset({float, int})
+
+
+class _ColumnCheck:
+    """The checks of `RecordValidator._check`, run once per column of a batch of flat JSON objects.
+
+    Each check vouches for the records whose values it can prove valid in bulk (plain floats, short
+    strings, booleans...) and leaves every other record (`None`) to `RecordValidator.validate`, so
+    odd values and every rejection go through the one per-record implementation.
+    """
+
+    def __init__(self, validator: RecordValidator, raws: list[Any], now: datetime) -> None:
+        self._v = validator
+        self._now = now
+        self._dicts: list[dict[Any, Any]] = [raw if type(raw) is dict else {} for raw in raws]
+        self._ok = [type(raw) is dict for raw in raws]
+
+    def _drop(self, indices: Iterable[int]) -> None:
+        for i in indices:
+            self._ok[i] = False
+
+    def records(self) -> list[ValidRecord | None]:
+        names: set[Any] = set().union(*self._dicts)
+        extras = self._check_names(names)
+        times = self._times()
+        keys = self._keys()
+        columns = [self._feature(f) for f in self._v.schema.features]
+        feature_names = self._v.schema.names
+        out: list[ValidRecord | None] = []
+        for i, (d, row) in enumerate(zip(self._dicts, zip(*columns, strict=True), strict=True)):
+            if not self._ok[i]:
+                out.append(None)
+                continue
+            fields = dict(zip(feature_names, row, strict=True))
+            if extras and not extras.isdisjoint(d):
+                try:
+                    fields.update((name, _check_extra(name, value)) for name, value in d.items() if name in extras)
+                except _Invalid:
+                    out.append(None)
+                    continue
+            out.append(ValidRecord(ts=times[i], key=keys[i], fields=fields))
+        return out
+
+    def _check_names(self, names: set[Any]) -> set[str]:
+        """Leave records with an unusual field name to the per-record path; returns the extra fields' names."""
+        v = self._v
+        bad = {n for n in names if not isinstance(n, str) or _text_problem(n) is not None}
+        if "fields" not in v._features and "fields" in names:   # the nested form, {"fields": {...}}
+            self._drop(i for i, d in enumerate(self._dicts) if isinstance(d.get("fields"), Mapping))
+        if bad:
+            self._drop(i for i, d in enumerate(self._dicts) if not bad.isdisjoint(d))
+        return {str(n) for n in names - bad} - v._features.keys() - {v.ts_field, v.key_field}
+
+    def _times(self) -> list[datetime]:
+        memo: dict[str, datetime] = {}
+        times: list[datetime] = []
+        for i, d in enumerate(self._dicts):
+            value = d.get(self._v.ts_field)
+            try:
+                if type(value) is str:
+                    ts = memo.get(value)
+                    if ts is None:
+                        ts = memo[value] = parse_timestamp(value, self._now)
+                else:
+                    ts = parse_timestamp(value, self._now)
+            except (ValueError, TypeError, OverflowError, OSError):
+                self._ok[i] = False
+                ts = self._now   # unused: the record goes to `validate`
+            times.append(ts)
+        return times
+
+    def _keys(self) -> list[str | None]:
+        memo: dict[tuple[type, Any], str | None] = {}
+        keys: list[str | None] = []
+        for i, d in enumerate(self._dicts):
+            value = d.get(self._v.key_field)
+            if value is None:
+                keys.append(None)
+                continue
+            try:
+                memo_key = (type(value), value)
+                if memo_key not in memo:
+                    memo[memo_key] = self._v._checked_key(value)
+                keys.append(memo[memo_key])
+            except (_Invalid, TypeError):   # TypeError: an unhashable value
+                self._ok[i] = False
+                keys.append(None)
+        return keys
+
+    def _feature(self, feature: Feature) -> list[Any]:
+        """The checked values of one feature, one per record (anything for a record left to `validate`)."""
+        values = [d.get(feature.name) for d in self._dicts]
+        types = set(map(type, values))
+        missing = type(None) in types
+        if missing and not feature.optional:
+            self._drop(i for i, value in enumerate(values) if value is None)
+        present = types - {type(None)}
+        if feature.kind == "numeric" and present <= _PLAIN_NUMBER:
+            return self._numbers(feature, values, missing, int in present)
+        if feature.kind == "boolean" and present <= {bool}:
+            return values
+        if feature.kind == "categorical" and present <= {str}:
+            bad = {value for value in set(values) if value is not None and _text_problem(value) is not None}
+            if bad:
+                self._drop(i for i, value in enumerate(values) if value in bad)
+            return values
+        return self._one_by_one(feature, values)
+
+    def _numbers(self, feature: Feature, values: list[Any], missing: bool, ints: bool) -> list[Any]:
+        try:
+            numbers = np.array(values, dtype=np.float64)   # None -> NaN
+        except OverflowError:   # an integer beyond float64
+            return self._one_by_one(feature, values)
+        finite = np.isfinite(numbers)
+        if not finite.all():
+            self._drop(i for i in np.flatnonzero(~finite).tolist() if values[i] is not None)
+        if not ints:
+            return values
+        as_floats = numbers.tolist()
+        return [None if value is None else f for value, f in zip(values, as_floats, strict=True)] if missing \
+            else as_floats
+
+    def _one_by_one(self, feature: Feature, values: list[Any]) -> list[Any]:
+        checked: list[Any] = []
+        for i, value in enumerate(values):
+            try:
+                checked.append(_check_value(feature, value))
+            except _Invalid:
+                self._ok[i] = False
+                checked.append(None)
+        return checked
 
 
 @dataclass(frozen=True, slots=True)
