@@ -6,12 +6,16 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from detector.frames import records_frame, to_json_value
 from detector.service import Vigil
 from detector.store.repository import PendingRecord, ScoredRecord
 from training.errors import TrainingError
-from training.fit import FittedModel
+from training.fit import FittedModel, ScoreResult
 
 __all__ = ["ActiveModel", "ModelCache", "Scorer"]
 
@@ -75,25 +79,34 @@ class Scorer:
         self.incompatible: set[str] = set()   # detectors whose active model no longer fits their features
 
     def _score_batch(self, name: str, active: ActiveModel, pending: list[PendingRecord]) -> list[ScoredRecord]:
+        """Score a claimed batch: one model call, then explanations for the flagged and unusual rows only."""
         det = self._vigil.detector(name)
         result = active.model.score(records_frame(pending, det.feature_schema))
-        top_k = det.scoring.top_contributions
-        windows = self._vigil.repo.reviews.windows(name, (min(p.ts for p in pending), max(p.ts for p in pending)))
-        scored = []
-        for i, record in enumerate(pending):
-            score = float(result.scores[i])
-            outlier = None
-            in_maintenance = any(w.start <= record.ts < w.end for w in windows)
-            if result.is_outlier[i] and not in_maintenance:
-                expected = {
-                    col: to_json_value(result.expected.iloc[i][col]) for col in result.expected.columns
-                }
-                outlier = {
-                    "contributions": result.top_contributions(i, record.fields, top_k),
-                    "expected": expected,
-                }
-            scored.append(ScoredRecord(record.id, score, outlier, result.out_of_distribution(i)))
-        return scored
+        unusual = result.unseen.any(axis=1)
+        if result.out_of_range is not None:
+            unusual |= result.out_of_range.any(axis=1)
+        ood = {int(i): result.out_of_distribution(int(i)) for i in np.flatnonzero(unusual)}
+        outliers = self._explain(name, result, pending, np.flatnonzero(result.is_outlier),
+                                 det.scoring.top_contributions)
+        return [ScoredRecord(record.id, score, outliers.get(i), ood.get(i))
+                for i, (record, score) in enumerate(zip(pending, result.scores.tolist(), strict=True))]
+
+    def _explain(self, name: str, result: ScoreResult, pending: list[PendingRecord],
+                 flagged: npt.NDArray[np.intp], top_k: int) -> dict[int, dict[str, Any]]:
+        """Contributions and expected values of the flagged rows outside maintenance windows, by row."""
+        if not len(flagged):
+            return {}
+        times = [pending[i].ts for i in flagged]
+        windows = self._vigil.repo.reviews.windows(name, (min(times), max(times)))
+        rows = [int(i) for i, ts in zip(flagged, times, strict=True)
+                if not any(w.start <= ts < w.end for w in windows)]
+        columns = list(result.expected.columns)
+        expected = result.expected.iloc[rows].to_numpy(dtype=object)
+        return {
+            i: {"contributions": result.top_contributions(i, pending[i].fields, top_k),
+                "expected": {col: to_json_value(value) for col, value in zip(columns, values, strict=True)}}
+            for i, values in zip(rows, expected, strict=True)
+        }
 
     def score(self, name: str, max_batches: int = 20) -> int:
         """Score pending records of `name` until none are left (or `max_batches`); returns how many."""
@@ -119,19 +132,7 @@ class Scorer:
                 lambda pending: self._score_batch(name, active, pending))
             if not scored:
                 break
-            threshold = active.model.threshold.value
-            flagged = sum(1 for s in scored if s.outlier is not None)
-            for s in scored:
-                if s.ood is not None:
-                    for kind, features in s.ood.items():
-                        if features:
-                            metrics.out_of_distribution.labels(name, kind).inc()
-            metrics.records_scored.labels(name).inc(len(scored))
-            if flagged:
-                metrics.outliers.labels(name).inc(flagged)
-            histogram = metrics.score_ratio.labels(name)
-            for s in scored:
-                histogram.observe(s.score / threshold if threshold > 0 else float("inf"))
+            self._count(name, scored, active.model.threshold.value)
             metrics.scoring_duration.labels(name).observe(time.perf_counter() - started)
             total += len(scored)
             if len(scored) < det.scoring.batch_size:
@@ -139,3 +140,19 @@ class Scorer:
         if total:
             logger.info("scored", extra={"detector": name, "records": total, "model_version": active.version})
         return total
+
+    def _count(self, name: str, scored: list[ScoredRecord], threshold: float) -> None:
+        """Scored records, outliers, out-of-distribution notes and the score/threshold histogram."""
+        metrics = self._vigil.metrics
+        metrics.records_scored.labels(name).inc(len(scored))
+        flagged = sum(1 for s in scored if s.outlier is not None)
+        if flagged:
+            metrics.outliers.labels(name).inc(flagged)
+        for s in scored:
+            if s.ood is not None:
+                for kind, features in s.ood.items():
+                    if features:
+                        metrics.out_of_distribution.labels(name, kind).inc()
+        histogram = metrics.score_ratio.labels(name)
+        for s in scored:
+            histogram.observe(s.score / threshold if threshold > 0 else float("inf"))
