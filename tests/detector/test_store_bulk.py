@@ -1,0 +1,131 @@
+"""The store's batched hot paths (driver executemany / COPY / array updates) on SQLite and PostgreSQL:
+rows they write are the rows the ORM writes, and their failures surface as the ORM's would."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import Engine, insert, select, text
+from sqlalchemy.exc import DataError
+from sqlalchemy.orm import Session, sessionmaker
+
+from detector.errors import StorageError
+from detector.records import ValidRecord
+from detector.store.db import open_engine, session_factory, upgrade
+from detector.store.repository import PendingRecord, Repository, ScoredRecord
+from detector.store.tables import RecordRow
+
+T0 = datetime(2025, 3, 3, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def engine(store_url: str) -> Iterator[Engine]:
+    engine = open_engine(store_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return session_factory(engine)
+
+
+@pytest.fixture
+def repo(sessions: sessionmaker[Session]) -> Repository:
+    return Repository(sessions)
+
+
+FIELDS = {"load": 0.5, "region": "eu", "healthy": None, "note": "caf\u00e9 \u2603", "count": 3}
+
+
+def test_inserted_rows_equal_the_orms(repo: Repository, sessions: sessionmaker[Session], engine: Engine) -> None:
+    """A record written by the batch insert and one written through the ORM store the same values, in the
+    same representation (SQLite compares times as text, so the format must match to the character)."""
+    paris = timezone(timedelta(hours=1))
+    ts = datetime(2025, 3, 3, 13, 0, 0, 5, tzinfo=paris)          # 12:00:00.000005 UTC
+    repo.add_batch("web", "http", [ValidRecord(ts, "web-1", FIELDS)], [])
+    with sessions.begin() as session:
+        session.execute(insert(RecordRow), [{
+            "detector": "web", "ts": ts, "key": "web-1", "fields": FIELDS, "source": "http",
+            "ingested_at": T0, "state": "pending", "is_outlier": False}])
+    with engine.connect() as conn:
+        raw = conn.execute(text("SELECT ts, key, fields, source, state, is_outlier FROM records ORDER BY id")).all()
+    assert raw[0] == raw[1]
+    with sessions() as session:
+        rows = session.scalars(select(RecordRow).order_by(RecordRow.id)).all()
+        first, second = rows
+        assert (first.ts, first.key, first.fields, first.state, first.is_outlier, first.score) == (
+            second.ts, second.key, second.fields, second.state, second.is_outlier, second.score)
+        assert first.ts == datetime(2025, 3, 3, 12, 0, 0, 5, tzinfo=UTC) and first.ts.tzinfo == UTC
+        assert first.ingested_at.tzinfo == UTC
+        # range queries through the ORM see batch-inserted rows exactly at their bounds
+        assert session.scalar(select(RecordRow.id).where(RecordRow.ts >= first.ts, RecordRow.ts <= first.ts,
+                                                         RecordRow.id == first.id)) == first.id
+
+
+def test_claim_reads_back_what_was_inserted(repo: Repository) -> None:
+    records = [ValidRecord(T0 + timedelta(seconds=i), None if i % 2 else f"k{i}", {**FIELDS, "load": i / 3})
+               for i in range(7)]
+    repo.add_batch("web", "http", records, [])
+    version = repo.save_model("web", b"w", {}, 1.0, 1, None, None).id
+    seen: list[PendingRecord] = []
+
+    def scorer(pending: list[PendingRecord]) -> list[ScoredRecord]:
+        seen.extend(pending)
+        return [ScoredRecord(p.id, 0.1) for p in pending]
+
+    repo.score_pending("web", 100, version, 1.0, scorer)
+    assert [(p.ts, p.key, p.fields) for p in seen] == [(r.ts, r.key, r.fields) for r in records]
+    assert all(p.ts.tzinfo == UTC for p in seen)
+
+
+def test_scores_flags_and_notes_are_stored(repo: Repository, sessions: sessionmaker[Session]) -> None:
+    repo.add_batch("web", "http", [ValidRecord(T0 + timedelta(seconds=i), "k", {"load": 1.0}) for i in range(4)], [])
+    version = repo.save_model("web", b"w", {}, 1.0, 1, None, None).id
+    note = {"unseen_category": ["region"], "out_of_range": []}
+    explanation = {"contributions": [], "expected": {"load": 0.0}}
+
+    def scorer(pending: list[PendingRecord]) -> list[ScoredRecord]:
+        a, b, c, d = pending
+        return [ScoredRecord(a.id, 0.25), ScoredRecord(b.id, float("inf"), explanation),
+                ScoredRecord(c.id, 0.5, None, note), ScoredRecord(d.id, 7.0, explanation, note)]
+
+    repo.score_pending("web", 10, version, 1.0, scorer)
+    with sessions() as session:
+        rows = session.scalars(select(RecordRow).order_by(RecordRow.id)).all()
+    assert [(r.state, r.score, r.is_outlier, r.ood, r.model_version_id) for r in rows] == [
+        ("scored", 0.25, False, None, version), ("scored", float("inf"), True, None, version),
+        ("scored", 0.5, False, note, version), ("scored", 7.0, True, note, version)]
+    assert len({r.scored_at for r in rows}) == 1 and rows[0].scored_at is not None
+    assert rows[0].scored_at.tzinfo == UTC
+
+
+def test_a_time_the_store_cannot_take_is_a_statement_error(repo: Repository) -> None:
+    """Naive or overflowing times fail the whole batch as the ORM's type would (the API maps this to 422)."""
+    naive = ValidRecord(datetime(2025, 3, 3), None, {"load": 1.0})
+    with pytest.raises(StorageError, match="naive datetime") as caught:
+        repo.add_batch("web", "http", [ValidRecord(T0, None, {"load": 1.0}), naive], [])
+    assert type(caught.value.cause).__name__ == "StatementError"
+    overflow = ValidRecord(datetime(9999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-2))), None, {"load": 1.0})
+    with pytest.raises(StorageError):
+        repo.add_batch("web", "http", [overflow], [])
+    assert repo.counts() == {}
+
+
+def test_a_value_the_database_refuses_fails_the_batch(repo: Repository, engine: Engine) -> None:
+    """A key longer than the column (validation stops these before): nothing of the batch is stored, and
+    the error is the one the ORM raises (a DataError, which the API answers with 422)."""
+    records = [ValidRecord(T0, "ok", {"load": 1.0}), ValidRecord(T0, "k" * 300, {"load": 1.0})]
+    if engine.dialect.name == "sqlite":      # SQLite does not enforce VARCHAR lengths
+        repo.add_batch("web", "http", records, [])
+        assert repo.counts()["web"].pending == 2
+        return
+    with pytest.raises(StorageError) as caught:
+        repo.add_batch("web", "http", records, [])
+    assert isinstance(caught.value.cause, DataError)
+    assert repo.counts() == {}
+    repo.add_batch("web", "http", records[:1], [])      # the connection is usable afterwards
+    assert repo.counts()["web"].pending == 1
