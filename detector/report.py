@@ -185,8 +185,9 @@ def _loss_section(meta: Mapping[str, Any]) -> str:
 def _score_section(data: ReportData) -> str:
     scores = [s for _, s, _ in data.recent]
     threshold = data.fitted.threshold
-    chart = svgplot.histogram(scores, title="Scores of recent records", x_label="score (log scale)",
-                              marker=threshold.value, marker_label="threshold", log_x=True)
+    log = threshold.value > 0 and all(s > 0 for s in scores if math.isfinite(s))   # an ELBO may be negative
+    chart = svgplot.histogram(scores, title="Scores of recent records", x_label="score (log scale)" if log else "score",
+                              marker=threshold.value, marker_label="threshold", log_x=log)
     if not scores:
         return _section("scores", "Scores", chart, f"No record has been scored by v{data.model.version} yet.")
     above = sum(1 for _, _, flagged in data.recent if flagged)
@@ -204,7 +205,7 @@ def _subsample(indices: npt.NDArray[np.intp], limit: int) -> npt.NDArray[np.intp
     return indices[np.linspace(0, len(indices) - 1, limit).round().astype(np.intp)]
 
 
-def _latent_section(data: ReportData, det: DetectorConfig) -> str:
+def _latent_section(data: ReportData) -> str:
     flags = np.array([flagged for _, _, flagged in data.recent], dtype=bool)
     keep = np.concatenate([_subsample(np.flatnonzero(~flags), MAX_NORMAL_POINTS),
                            _subsample(np.flatnonzero(flags), MAX_OUTLIER_POINTS)])
@@ -212,7 +213,7 @@ def _latent_section(data: ReportData, det: DetectorConfig) -> str:
     if not chosen:
         chart = svgplot.scatter({}, title="Latent space", x_label="", y_label="")
         return _section("latent", "Latent space", chart, "No scored records to place.")
-    codes = data.fitted.encode(records_frame([r for r, _, _ in chosen], det.feature_schema))
+    codes = data.fitted.encode(records_frame([r for r, _, _ in chosen], data.fitted.schema))
     xy, (x_label, y_label) = latent_map(codes)
     groups: dict[str, tuple[list[float], list[float]]] = {"normal": ([], []), "outlier": ([], [])}
     tips: dict[str, list[str]] = {"normal": [], "outlier": []}
@@ -230,24 +231,24 @@ def _latent_section(data: ReportData, det: DetectorConfig) -> str:
     return _section("latent", "Latent space", chart, caption)
 
 
-def _scaled(fitted: FittedModel, det: DetectorConfig, fields: Mapping[str, Any]) -> dict[str, float]:
+def _scaled(fitted: FittedModel, fields: Mapping[str, Any]) -> dict[str, float]:
     """Numeric features of one record in the model's input units (robust z-scores)."""
-    frame = records_frame([PendingRecord(0, datetime.now(UTC), None, dict(fields))], det.feature_schema)
+    frame = records_frame([PendingRecord(0, datetime.now(UTC), None, dict(fields))], fitted.schema)
     x = fitted.preprocessor.transform(frame)[0]
     return {f.name: float(x[fitted.preprocessor.feature_slices[f.name].start])
-            for f in det.feature_schema.features if f.kind == "numeric"}
+            for f in fitted.schema.features if f.kind == "numeric"}
 
 
-def _outlier_panel(o: OutlierView, data: ReportData, det: DetectorConfig) -> str:
+def _outlier_panel(o: OutlierView, data: ReportData) -> str:
     share: dict[str, float] = {c["feature"]: float(c["share"]) for c in o.contributions
                                if isinstance(c.get("share"), int | float)}
-    names = det.feature_schema.names
+    names = data.fitted.schema.names
     rows = [[n, o.fields.get(n), o.expected.get(n), f"{100 * share[n]:.0f} %" if n in share else ""]
             for n in sorted(names, key=lambda n: -share.get(n, 0.0))]
     ratio = o.score / o.threshold if o.threshold else math.inf
     title = f"#{o.id} {o.key or ''} {ratio:.1f}x threshold"
     try:
-        actual, expected = _scaled(data.fitted, det, o.fields), _scaled(data.fitted, det, o.expected)
+        actual, expected = _scaled(data.fitted, o.fields), _scaled(data.fitted, o.expected)
     except (KeyError, ValueError, TypeError):
         logger.warning("outlier cannot be encoded by the active model", extra={"outlier": o.id})
         chart = svgplot.grouped_bars([], {}, title=title, y_label="")
@@ -260,10 +261,10 @@ def _outlier_panel(o: OutlierView, data: ReportData, det: DetectorConfig) -> str
             f"review: {escape(o.review_state)}</p>{_table(['feature', 'actual', 'expected', 'share'], rows)}</div>")
 
 
-def _outlier_section(data: ReportData, det: DetectorConfig) -> str:
+def _outlier_section(data: ReportData) -> str:
     if not data.top:
         return _section("reconstructions", "Top outliers", "", f"v{data.model.version} has flagged no record yet.")
-    panels = "".join(_outlier_panel(o, data, det) for o in data.top)
+    panels = "".join(_outlier_panel(o, data) for o in data.top)
     caption = (f"The {len(data.top)} outliers of v{data.model.version} furthest above the threshold (one per key "
                f"and {INCIDENT_GAP.total_seconds() / 3600:.0f} h): each record's "
                "numeric features next to the model's reconstruction, in the model's input units (median 0, "
@@ -277,13 +278,13 @@ def _section(key: str, heading: str, body: str, caption: str) -> str:
             f'<figcaption class="caption">{escape(caption)}</figcaption></figure></section>')
 
 
-def render(data: ReportData, det: DetectorConfig) -> str:
-    """The whole HTML page."""
+def render(data: ReportData) -> str:
+    """The whole HTML page (records are read with the model's own schema)."""
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">"
             f"<title>Vigil report: {escape(data.detector)} v{data.model.version}</title><style>{_CSS}</style>"
             f"</head><body>{_header(data)}{_loss_section(data.model.meta)}{_score_section(data)}"
-            f"{_latent_section(data, det)}{_outlier_section(data, det)}"
+            f"{_latent_section(data)}{_outlier_section(data)}"
             f"<p class=\"caption\">Generated {escape(data.generated_at.isoformat(timespec='seconds'))} by "
             "<code>vigil report</code>.</p></body></html>\n")
 
@@ -298,5 +299,5 @@ def write_report(config: Config, name: str, output: Path, records: int = 5000, t
         data = gather(repo, name, det, records, top)
     finally:
         repo.dispose()
-    output.write_text(render(data, det), encoding="utf-8")
+    output.write_text(render(data), encoding="utf-8")
     return data

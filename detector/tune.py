@@ -285,10 +285,10 @@ def ranked_table(result: TuningResult) -> str:
            f"and {result.n_holdout} held-out records" if result.ranked_by == "reviews"
            else f"mean reconstruction error of {result.n_holdout} held-out records")
     note = ("" if result.ranked_by == "reviews" else
-            "\nA lower reconstruction error is not always a better detector: a code nearly as wide as the input\n"
-            "reconstructs anomalies too. Review outliers (vigil outliers review) to rank by detection instead.\n")
+            "\n\nA lower reconstruction error is not always a better detector: a code nearly as wide as the input\n"
+            "reconstructs anomalies too. Review outliers (vigil outliers review) to rank by detection instead.")
     return (f"{result.detector}: {len(result.ranked)} candidates fitted on {result.n_fit} records, ranked by {how} "
-            "(* the configured shape)\n\n" + table(headers, rows) + "\n" + note)
+            "(* the configured shape)\n\n" + table(headers, rows) + note)
 
 
 def _toml(value: Any) -> str:
