@@ -13,18 +13,29 @@ import pandas as pd
 
 from detector.store.repository import PendingRecord
 from training.schema import Schema
+from training.sequence import KEY_COLUMN, TS_COLUMN
 
 __all__ = ["records_frame", "to_json_value"]
 
 _PLAIN_NUMBERS = frozenset({float, int, type(None)})
 
 
-def records_frame(records: Sequence[PendingRecord], schema: Schema) -> pd.DataFrame:
+def records_frame(records: Sequence[PendingRecord], schema: Schema, context: bool = False) -> pd.DataFrame:
     """One row per record, one column per schema feature (missing values as None/NaN).
 
     The numeric features of every record are read in one pass into a float64 block; when a record lacks
-    one or holds something else than a number, those columns are built one by one instead.
+    one or holds something else than a number, those columns are built one by one instead. With
+    `context` the frame also holds each record's timestamp and key (the training library's TS_COLUMN
+    and KEY_COLUMN), which sequence models and time features read.
     """
+    frame = _features_frame(records, schema)
+    if context:
+        frame[TS_COLUMN] = pd.to_datetime([r.ts for r in records], utc=True)
+        frame[KEY_COLUMN] = ["" if r.key is None else r.key for r in records]
+    return frame
+
+
+def _features_frame(records: Sequence[PendingRecord], schema: Schema) -> pd.DataFrame:
     fields = [r.fields for r in records]
     numeric = [f.name for f in schema.features if f.kind == "numeric"]
     block = _numeric_block(fields, numeric)

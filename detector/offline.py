@@ -38,7 +38,8 @@ def score_file(config: Config, detector: str, path: Path) -> tuple[pd.DataFrame,
     rows: list[dict[str, object]] = []
     if batch.accepted:
         pending = [PendingRecord(i, r.ts, r.key, r.fields) for i, r in enumerate(batch.accepted)]
-        result = model.score(records_frame(pending, det.feature_schema))
+        context = model.scoring.window > 1 or model.scoring.time_features
+        result = model.score(records_frame(pending, det.feature_schema, context=context))
         for i, record in enumerate(batch.accepted):
             top = result.top_contributions(i, record.fields, 1)
             rows.append({"ts": record.ts.isoformat(), "key": record.key, **{

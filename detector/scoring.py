@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -81,7 +82,17 @@ class Scorer:
     def _score_batch(self, name: str, active: ActiveModel, pending: list[PendingRecord]) -> list[ScoredRecord]:
         """Score a claimed batch: one model call, then explanations for the flagged and unusual rows only."""
         det = self._vigil.detector(name)
-        result = active.model.score(records_frame(pending, det.feature_schema))
+        model = active.model
+        context = model.scoring.window > 1 or model.scoring.time_features
+        history = None
+        if model.needs_history:
+            first: dict[str | None, datetime] = {}
+            for record in pending:
+                if record.key not in first or record.ts < first[record.key]:
+                    first[record.key] = record.ts
+            earlier = self._vigil.repo.history(name, first, model.scoring.window - 1)
+            history = records_frame(earlier, det.feature_schema, context=True)
+        result = model.score(records_frame(pending, det.feature_schema, context=context), history=history)
         unusual = result.unseen.any(axis=1)
         if result.out_of_range is not None:
             unusual |= result.out_of_range.any(axis=1)

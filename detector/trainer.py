@@ -167,6 +167,10 @@ class Trainer:
         if not review.tune_threshold or fitted.val_scores is None:
             return
         reviewed = self._vigil.repo.reviews.reviewed_fields(name)
+        if fitted.scoring.window > 1 or fitted.scoring.time_features:
+            logger.info("threshold not tuned with reviews: the model reads times and keys the verdicts lack",
+                        extra={"detector": name})
+            return
         confirmed = [fields for verdict, fields in reviewed if verdict == "confirmed"]
         dismissed = [fields for verdict, fields in reviewed if verdict == "dismissed"]
         if len(confirmed) + len(dismissed) < review.min_verdicts or not confirmed or not dismissed:
@@ -237,6 +241,8 @@ class Trainer:
         first = vigil.repo.active_model_id(name) is None
         trim = det.training.first_window_trim if first else 0.0
         try:
+            if det.model.window > 1 or det.model.time_features:   # sequence models read times and keys
+                frame = records_frame(records, det.feature_schema, context=True)
             fitted = fit_model(frame, det.feature_schema, model_settings,
                                train_settings, threshold_settings, on_epoch=hook, trim_fraction=trim)
         except (TrainingError, TrainingAborted, ValueError, KeyError, RuntimeError) as exc:

@@ -594,10 +594,10 @@ def fit_model(
     else:
         scoring = Scoring(kind=model.score, weights=model.weights, neighbors=model.neighbors,
                           time_features=model.time_features, window=model.window)
-        val = outcome.val_index if outcome.val_index is not None else np.arange(len(x))
+        held_out = outcome.val_index if outcome.val_index is not None else np.arange(len(x))
         probe = FittedModel(schema, preprocessor, spec, train.loss, Threshold(0.0, "none", 0.01, 1, 0.01),
                             outcome.model, {}, None, scoring, None)
-        val_scores = _score_parts(probe, x[val], 8192, torch.device("cpu")).scores
+        val_scores = _score_parts(probe, x[held_out], 8192, torch.device("cpu")).scores
     fitted_threshold = fit_threshold(val_scores, threshold.method, threshold.target_fpr, threshold.k)
     report = _report(outcome, fitted_threshold, model, train, threshold, n_rows=len(frame), val=val_scores)
     report["scoring"] = {"kind": scoring.kind, "weights": list(scoring.weights),

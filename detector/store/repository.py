@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -245,6 +245,26 @@ class Repository:
                 .order_by(RecordRow.ts.desc(), RecordRow.id.desc()).limit(limit)
             ).all()
         return [PendingRecord(r.id, r.ts, r.key, r.fields) for r in reversed(rows)]
+
+    def history(self, detector: str, before: Mapping[str | None, datetime], limit: int) -> list[PendingRecord]:
+        """Up to `limit` records of each key in `before` with a timestamp before that key's time, in any
+        state, oldest first (what a sequence model needs ahead of the records it scores)."""
+        if not before or limit < 1:
+            return []
+        conditions = [
+            and_(RecordRow.key.is_(None) if key is None else RecordRow.key == key, RecordRow.ts < ts)
+            for key, ts in before.items()
+        ]
+        rank = func.row_number().over(partition_by=RecordRow.key,
+                                      order_by=(RecordRow.ts.desc(), RecordRow.id.desc())).label("rank")
+        inner = (select(RecordRow.id, RecordRow.ts, RecordRow.key, RecordRow.fields, rank)
+                 .where(RecordRow.detector == detector, or_(*conditions)).subquery())
+        with self._read("read key history") as session:
+            rows = session.execute(
+                select(inner.c.id, inner.c.ts, inner.c.key, inner.c.fields).where(inner.c.rank <= limit)
+                .order_by(inner.c.ts, inner.c.id)
+            ).all()
+        return [PendingRecord(r.id, r.ts, r.key, r.fields) for r in rows]
 
     def count_flagged(self, detector: str, since: datetime, reviewed_in: Sequence[str] = ("dismissed",)) -> int:
         """Records since `since` left out of training because a model flagged them (and no review let them in)."""
