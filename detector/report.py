@@ -246,7 +246,7 @@ def _outlier_panel(o: OutlierView, data: ReportData) -> str:
     rows = [[n, o.fields.get(n), o.expected.get(n), f"{100 * share[n]:.0f} %" if n in share else ""]
             for n in sorted(names, key=lambda n: -share.get(n, 0.0))]
     ratio = o.score / o.threshold if o.threshold else math.inf
-    title = f"#{o.id} {o.key or ''} {ratio:.1f}x threshold"
+    title = f"#{o.id} {o.key or ''} {ratio:.3g}x threshold"
     try:
         actual, expected = _scaled(data.fitted, o.fields), _scaled(data.fitted, o.expected)
     except (KeyError, ValueError, TypeError):
