@@ -1,0 +1,919 @@
+"""Throughput benchmark: Vigil's hot paths against bare baselines measured in the same run.
+
+Run from the repository root:
+
+    .venv/bin/python bench/throughput.py [--quick] [--parts 1,2,3,4,5] [--output bench/results/throughput.md]
+
+1. scoring path (records -> frame -> preprocess -> forward -> threshold -> contributions, no database)
+   of a 32- and a 256-feature detector, against a bare torch forward pass of the same network on the
+   same encoded batch;
+2. end to end (HTTP ingest -> stored -> scored -> outliers) of a real `vigil run` process on SQLite
+   and on PostgreSQL, against a bare bulk insert of the same rows with the same driver
+   (sqlite3 executemany in one transaction, psycopg COPY); p50/p99 of a 100-record POST;
+3. training seconds per epoch on 1M x 32 against a bare torch loop over the same tensors and batch
+   size, and against PyOD's AutoEncoder when `import pyod` works (`pip install -e '.[bench]'`);
+4. with a CUDA device: epoch time on 10M x 64 with mixed precision, against the floor set by the
+   model's FLOPs and bytes per epoch and the device's peak matmul and copy rates, measured here;
+5. resident memory of a daemon with 10 detectors, idle and under load.
+
+Every figure is printed as a Markdown table and the whole report is written to --output. PostgreSQL is
+the server at VIGIL_BENCH_POSTGRES (default postgresql+psycopg://postgres@127.0.0.1:5432/postgres);
+the bench creates a throw-away database on it and drops it afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # set before torch starts its thread pool
+
+import argparse
+import contextlib
+import gc
+import http.client
+import itertools
+import json
+import platform
+import queue
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# Only torch, numpy and the training library at import time: part 4 runs on a GPU machine that has nothing
+# else (no SQLAlchemy, FastAPI or pydantic); the parts that need the daemon import it themselves.
+from training.loop import EpochStats, TrainSettings, train_autoencoder  # noqa: E402
+from training.model import AutoencoderSpec, DenseAutoencoder  # noqa: E402
+
+if TYPE_CHECKING:
+    from detector.config import Config, DetectorConfig
+    from training.fit import FittedModel
+
+DEFAULT_OUTPUT = REPO / "bench" / "results" / "throughput.md"
+PG_ADMIN = os.environ.get("VIGIL_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+TARGETS = {"scoring": 0.8, "end_to_end": 0.5, "training": 1.2}
+
+
+# -- reporting -------------------------------------------------------------------------------------------
+
+@dataclass
+class Section:
+    title: str
+    intro: str
+    header: tuple[str, ...]
+    rows: list[tuple[str, ...]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        lines = [f"## {self.title}", "", self.intro, "", "| " + " | ".join(self.header) + " |",
+                 "|" + "|".join("---" if i == 0 else "---:" for i in range(len(self.header))) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        if self.notes:
+            lines += ["", *self.notes]
+        return "\n".join(lines) + "\n"
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def fmt(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    ram = "?"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        kib = int(Path("/proc/meminfo").read_text(encoding="utf-8").split("MemTotal:")[1].split()[0])
+        ram = f"{kib / 2**20:.0f} GiB"
+    gpu = (f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})" if torch.cuda.is_available()
+           else "no GPU")
+    return (f"{cpu}, {os.cpu_count()} CPUs (os.cpu_count()), {ram} RAM; {platform.platform()}; "
+            f"Python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
+            f"SQLite {sqlite3.sqlite_version}; GPU: {gpu}")
+
+
+# -- shared set-up ---------------------------------------------------------------------------------------
+
+def feature_names(n: int) -> list[str]:
+    return [f"f{i}" for i in range(n)]
+
+
+def synthetic(n: int, n_features: int, seed: int, anomaly_every: int = 0) -> np.ndarray:
+    """n rows of n_features correlated numbers (4 factors plus noise), rounded to 3 decimals;
+    every `anomaly_every`-th row is pushed far off (an obvious outlier)."""
+    rng = np.random.default_rng(seed)
+    loadings = np.random.default_rng(1234).normal(size=(4, n_features))
+    x = rng.normal(size=(n, 4)) @ loadings + 0.3 * rng.normal(size=(n, n_features)) + 10.0
+    if anomaly_every:
+        x[anomaly_every - 1 :: anomaly_every] += 25.0
+    return np.round(x, 3)
+
+
+def config_text(state_dir: Path, detectors: dict[str, int], store_url: str | None = None, port: int = 0,
+                scoring_interval: str = "5s", log_level: str = "warning", score: str | None = None) -> str:
+    """A daemon config: one `http` detector per entry (name -> number of numeric features); `score`
+    overrides the model's default score kind."""
+    store = f'[store]\nurl = "{store_url}"\n' if store_url else ""
+    score_line = f'score = "{score}"' if score else ""
+    parts = [textwrap.dedent(f"""
+        [daemon]
+        state_dir = "{state_dir}"
+        torch_threads = 1
+        log_level = "{log_level}"
+
+        {store}
+        [http]
+        host = "127.0.0.1"
+        port = {port}
+        """)]
+    for name, n in detectors.items():
+        features = "\n".join(f'{f} = "numeric"' for f in feature_names(n))
+        parts.append(textwrap.dedent(f"""
+            [detectors.{name}]
+            source = {{ type = "http" }}
+            key_field = "host"
+
+            [detectors.{name}.features]
+            """) + features + textwrap.dedent(f"""
+
+            [detectors.{name}.model]
+            epochs = 3
+            device = "cpu"
+            {score_line}
+
+            [detectors.{name}.training]
+            interval = "24h"
+
+            [detectors.{name}.scoring]
+            interval = "{scoring_interval}"
+            """))
+    return "\n".join(parts)
+
+
+def train_for(det: DetectorConfig, n_rows: int = 20_000, epochs: int = 3) -> FittedModel:
+    """A model with the detector's (default) settings, trained briefly on synthetic normal rows."""
+    from detector.trainer import settings_for
+    from training.fit import fit_model
+
+    model, train, threshold = settings_for(det)
+    train = TrainSettings(**{**train.to_dict(), "epochs": epochs, "device": "cpu"})
+    n = len(det.features)
+    frame = pd.DataFrame(synthetic(n_rows, n, seed=1), columns=feature_names(n))
+    return fit_model(frame, det.feature_schema, model, train, threshold)
+
+
+# -- part 1: scoring path --------------------------------------------------------------------------------
+
+SCORES = (("hybrid", "default (hybrid score)"), ("reconstruction", "score = \"reconstruction\""))
+
+
+def part_scoring(quick: bool) -> Section:
+    section = Section(
+        "1. Scoring path (no database)",
+        "One claimed batch of `scoring.batch_size` (5,000) records, 1 in 100 an outlier, for detectors of 32 and "
+        "256 numeric features with the default model settings (hidden [32, 16], latent 4), with the default "
+        "`hybrid` score (reconstruction error, distance to the 5 nearest of up to 20,000 remembered training rows, "
+        "local density) and with `score = \"reconstruction\"`. Two Vigil figures: the issue's scoring path, "
+        "`FittedModel.score` on the batch's frame (preprocess, forward, threshold, contributions, decoded expected "
+        "values, out-of-distribution masks: the training library), and the daemon's whole batch, "
+        "`Scorer._score_batch` on the records as the store hands them over (`PendingRecord`s with a dict of "
+        "fields: records to frame, `FittedModel.score`, explanations of the flagged rows, one maintenance-window "
+        "lookup in an empty SQLite store). Baseline: the same model's tensor work in bare torch under "
+        "`torch.inference_mode()` on the same batch, already encoded as a float32 tensor: the network's forward "
+        "pass, plus, for the hybrid score, the nearest-neighbour search over the model's memory (one distance "
+        "matmul and a top-k). One torch thread (the daemon's default); medians of runs taken in turns.",
+        ("detector", "score", "path", "Vigil (records/s)", "bare torch (records/s)", "ratio", "target", "result"))
+    stages = Section("1b. Where the time of one batch goes", "Median milliseconds per 5,000-record batch.",
+                     ("detector", "score", "records -> frame (detector)", "FittedModel.score (training library)",
+                      "explanations and the rest (detector)", "whole batch", "bare torch"))
+    repeats = 5 if quick else 11
+    with tempfile.TemporaryDirectory(prefix="vigil-bench-scoring-") as tmp:
+        for n_features in (32, 256):
+            for score, label in SCORES:
+                t = _scoring_times(Path(tmp) / f"{n_features}-{score}", n_features, score, quick, repeats)
+                batch = 5000
+                for path, key in (("`FittedModel.score` (issue's path)", "score"),
+                                  ("`Scorer._score_batch` (daemon's batch)", "batch")):
+                    ratio = t["bare"] / t[key]
+                    section.rows.append((f"{n_features} features", label, path, fmt(batch / t[key]),
+                                         fmt(batch / t["bare"]), f"{ratio:.3f}", f">= {TARGETS['scoring']}",
+                                         verdict(ratio >= TARGETS["scoring"])))
+                stages.rows.append((f"{n_features} features", label, f"{t['frame'] * 1e3:.1f}",
+                                    f"{t['score'] * 1e3:.1f}",
+                                    f"{max(t['batch'] - t['frame'] - t['score'], 0.0) * 1e3:.1f}",
+                                    f"{t['batch'] * 1e3:.1f}", f"{t['bare'] * 1e3:.2f}"))
+    section.notes.append(stages.markdown())
+    return section
+
+
+def _scoring_times(tmp: Path, n_features: int, score: str, quick: bool, repeats: int) -> dict[str, float]:
+    from detector.config import load_config
+    from detector.frames import records_frame
+    from detector.scoring import ActiveModel, ModelCache, Scorer
+    from detector.service import Vigil
+    from detector.store.db import open_repository
+    from detector.store.repository import PendingRecord
+
+    name = f"bench{n_features}"
+    tmp.mkdir(parents=True)
+    path = tmp / "config.toml"
+    path.write_text(config_text(tmp / "state", {name: n_features}, score=score), encoding="utf-8")
+    config = load_config(path)
+    det = config.detectors[name]
+    fitted = train_for(det, n_rows=5_000 if quick else 20_000)
+    vigil = Vigil(config, open_repository(config.store_url), metrics=_metrics())
+    scorer = Scorer(vigil, ModelCache(vigil))
+    active = ActiveModel(1, 1, fitted)
+    values = synthetic(det.scoring.batch_size, n_features, seed=2, anomaly_every=100)
+    ts = datetime(2026, 1, 1, tzinfo=UTC)
+    names = feature_names(n_features)
+    pending = [PendingRecord(i, ts + timedelta(seconds=i), f"host-{i % 8}", dict(zip(names, row, strict=True)))
+               for i, row in enumerate(values.tolist())]
+    frame = records_frame(pending, det.feature_schema)
+    x = torch.from_numpy(fitted.preprocessor.transform(frame))
+    network = fitted.network
+    memory = getattr(fitted, "memory", None)
+    bank = memory.bank if memory is not None else None
+    k = memory.k if memory is not None else 0
+
+    def bare() -> None:
+        with torch.inference_mode():
+            network(x)
+            if bank is not None:     # the hybrid score's neighbour search, written plainly, 1,024 rows at a time
+                bank_sq = bank.square().sum(dim=1)
+                for xb in x.split(1024):
+                    d2 = xb.square().sum(dim=1, keepdim=True) + bank_sq - 2.0 * (xb @ bank.T)
+                    torch.topk(d2, k, dim=1, largest=False)
+
+    runs: dict[str, Callable[[], Any]] = {
+        "bare": bare,
+        "batch": lambda: scorer._score_batch(name, active, pending),
+        "frame": lambda: records_frame(pending, det.feature_schema),
+        "score": lambda: fitted.score(frame),
+    }
+    try:
+        return interleaved_medians(runs, repeats)
+    finally:
+        vigil.repo.dispose()
+
+
+def interleaved_medians(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds of each callable, run in turns (so that load from elsewhere hits them alike)."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for fn in runs.values():
+        fn()
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _metrics() -> Any:
+    from prometheus_client import CollectorRegistry
+
+    from detector.metrics import Metrics
+
+    return Metrics(CollectorRegistry())
+
+
+# -- part 2: end to end over HTTP --------------------------------------------------------------------------
+
+E2E_FEATURES = 32
+POST_RECORDS = 1000
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+class Daemon:
+    """A `vigil run` process on loopback, its detectors' models trained and stored before it starts."""
+
+    def __init__(self, workdir: Path, detectors: dict[str, int], store_url: str | None,
+                 scoring_interval: str, score: str | None = None) -> None:
+        from detector.config import load_config
+
+        self.dir = workdir
+        self.port = free_port()
+        self.config_path = workdir / "config.toml"
+        self.config_path.write_text(config_text(workdir / "state", detectors, store_url, self.port,
+                                                scoring_interval, score=score), encoding="utf-8")
+        self.config: Config = load_config(self.config_path)
+        self.log = workdir / "daemon.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def seed_models(self) -> None:
+        from detector.store.db import open_repository
+
+        repo = open_repository(self.config.store_url)
+        try:
+            models: dict[int, FittedModel] = {}
+            for name, det in self.config.detectors.items():
+                n = len(det.features)
+                fitted = models.get(n) or train_for(det)
+                models[n] = fitted
+                weights, meta = fitted.to_artifact()
+                repo.save_model(name, weights, meta, fitted.threshold.value, 20_000, None, None)
+        finally:
+            repo.dispose()
+
+    def start(self) -> None:
+        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
+        env.pop("VIGIL_CONFIG", None)
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "detector.cli", "run", "--config", str(self.config_path),
+                 "--log-format", "json"], stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"daemon exited with {self.proc.returncode}:\n{self.tail()}")
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    return
+            time.sleep(0.2)
+        raise SystemExit(f"daemon did not answer /healthz within 120 s:\n{self.tail()}")
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError("daemon not started")
+        return self.proc.pid
+
+    @property
+    def token(self) -> str:
+        return (self.dir / "state" / "api-token").read_text(encoding="utf-8").strip()
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=15)
+            return None
+
+
+def record_bodies(n_records: int, per_post: int, n_features: int, seed: int, start: datetime) -> list[bytes]:
+    """JSON array bodies of `per_post` records: ts, host and n_features numbers; 1 in 500 is an outlier."""
+    values = synthetic(n_records, n_features, seed, anomaly_every=500).tolist()
+    names = feature_names(n_features)
+    records = [{"ts": (start + timedelta(milliseconds=10 * i)).isoformat(), "host": f"web-{i % 8}",
+                **dict(zip(names, row, strict=True))} for i, row in enumerate(values)]
+    return [json.dumps(records[i : i + per_post]).encode() for i in range(0, n_records, per_post)]
+
+
+def post_all(port: int, path: str, token: str, bodies: list[bytes], workers: int) -> list[float]:
+    """POST every body (keep-alive connections, `workers` in flight); returns each POST's latency.
+
+    Any answer but 200 with every record accepted stops the bench: its figures would be wrong.
+    """
+    work: queue.Queue[bytes] = queue.Queue()
+    for body in bodies:
+        work.put(body)
+    latencies: list[float] = []
+    failures: list[str] = []
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        while not failures:
+            try:
+                body = work.get_nowait()
+            except queue.Empty:
+                break
+            started = time.perf_counter()
+            conn.request("POST", path, body=body, headers=headers)
+            response = conn.getresponse()
+            answer = response.read()
+            latencies.append(time.perf_counter() - started)
+            if response.status != 200:
+                failures.append(f"HTTP {response.status}: {answer[:300]!r}")
+        conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise SystemExit(f"ingest failed: {failures[0]}")
+    return latencies
+
+
+def count_scored(store_url: str, detector: str) -> tuple[int, int]:
+    """(scored records, outliers) of a detector, read straight from the store."""
+    query = (f"SELECT (SELECT count(*) FROM records WHERE detector = '{detector}' AND state = 'scored'), "
+             f"(SELECT count(*) FROM outliers WHERE detector = '{detector}')")
+    if store_url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(store_url.removeprefix("sqlite:///"), timeout=30)) as conn:
+            scored, outliers = conn.execute(query).fetchone()
+    else:
+        import psycopg
+
+        with psycopg.connect(store_url.replace("postgresql+psycopg", "postgresql")) as conn:
+            row = conn.execute(query).fetchone()
+            if row is None:
+                raise RuntimeError("count query returned nothing")
+            scored, outliers = row
+    return int(scored), int(outliers)
+
+
+@contextlib.contextmanager
+def store(kind: str, tmp: Path) -> Iterator[str | None]:
+    """A fresh store URL: a SQLite file, or a throw-away PostgreSQL database (None when unreachable)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp / 'state' / 'vigil.db'}"
+        return
+    import sqlalchemy as sa
+
+
+    name = f"vigil_bench_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        print(f"PostgreSQL unreachable at {PG_ADMIN}: {exc.__class__.__name__}", file=sys.stderr)
+        yield None
+        return
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def bare_insert(kind: str, url: str, bodies: list[bytes]) -> float:
+    """Seconds to insert the same rows as pending records with the driver alone, in one transaction:
+    sqlite3 executemany, or psycopg COPY (fields written as JSON by json.dumps / psycopg's Jsonb)."""
+    from detector.store.db import open_engine, upgrade
+
+    engine = open_engine(url)
+    upgrade(engine)
+    engine.dispose()
+    records = [r for body in bodies for r in json.loads(body)]
+    now = datetime.now(UTC)
+    rows = []
+    for r in records:
+        ts = datetime.fromisoformat(r.pop("ts")).astimezone(UTC)
+        key = r.pop("host")
+        rows.append((ts, key, r))
+    columns = "detector, ts, key, fields, source, ingested_at, state, is_outlier"
+    if kind == "sqlite":
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"))
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        text_rows = [(t.replace(tzinfo=None).isoformat(" ", timespec="microseconds"), k, f) for t, k, f in rows]
+        ingested = now.replace(tzinfo=None).isoformat(" ", timespec="microseconds")
+        started = time.perf_counter()
+        with conn:
+            conn.executemany(f"INSERT INTO records ({columns}) VALUES ('bare', ?, ?, ?, 'http', ?, 'pending', 0)",
+                             [(t, k, json.dumps(f), ingested) for t, k, f in text_rows])
+        elapsed = time.perf_counter() - started
+        conn.close()
+        return elapsed
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn:
+        started = time.perf_counter()
+        with conn.transaction(), conn.cursor() as cursor, cursor.copy(f"COPY records ({columns}) FROM STDIN") as copy:
+            for t, k, f in rows:
+                copy.write_row(("bare", t, k, Jsonb(f), "http", now, "pending", False))
+        return time.perf_counter() - started
+
+
+def part_end_to_end(quick: bool) -> Section:
+    n_records = 20_000 if quick else 100_000
+    section = Section(
+        "2. End to end: HTTP ingest -> stored -> scored -> outliers",
+        f"A real `vigil run` process (uvicorn, one `http` detector with {E2E_FEATURES} numeric features, default "
+        f"model settings, its model trained and stored before the start, scoring every 0.5 s in batches of "
+        f"5,000) receives {n_records:,} records in POSTs of {POST_RECORDS} records (JSON arrays built before "
+        "the clock starts, 4 keep-alive connections in flight, loopback). Sustained rate: records / (last record "
+        "scored - first POST sent), the store polled every 0.1 s. Baseline: the same rows inserted as pending "
+        "records into the same table with the same driver, from Python dicts, in one transaction (SQLite: "
+        "sqlite3 `executemany` with `json.dumps`; PostgreSQL: psycopg `COPY` with `Jsonb`). Latency: "
+        "100-record POSTs, one at a time, 20 per second, afterwards (client-side, answered 200). The client "
+        "runs on the same machine (and, for PostgreSQL, so does the server).",
+        ("store", "score", "Vigil end to end (records/s)", "bare bulk insert (records/s)", "ratio", "target",
+         "result", "ingest only (records/s)", "100-record POST p50 / p99 (ms)", "outliers stored"))
+    for kind in ("sqlite", "postgresql"):
+        for score, label in SCORES:
+            with tempfile.TemporaryDirectory(prefix=f"vigil-bench-e2e-{kind}-") as tmp_name:
+                tmp = Path(tmp_name)
+                with store(kind, tmp) as url:
+                    if url is None:
+                        section.rows.append((kind, label, "PostgreSQL unreachable: skipped", "", "", "", "", "",
+                                             "", ""))
+                        continue
+                    section.rows.append((kind, label, *_end_to_end(kind, url, tmp, n_records, quick, score)))
+    return section
+
+
+def _end_to_end(kind: str, url: str, tmp: Path, n_records: int, quick: bool, score: str) -> tuple[str, ...]:
+    daemon = Daemon(tmp, {"bench": E2E_FEATURES}, url, scoring_interval="500ms", score=score)
+    daemon.seed_models()
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    bodies = record_bodies(n_records, POST_RECORDS, E2E_FEATURES, seed=3, start=start)
+    latency_bodies = record_bodies(100 * (50 if quick else 200), 100, E2E_FEATURES, seed=4,
+                                   start=start + timedelta(days=1))
+    daemon.start()
+    try:
+        t0 = time.perf_counter()
+        post_all(daemon.port, "/v1/detectors/bench/records", daemon.token, bodies, workers=4)
+        t_ingested = time.perf_counter() - t0
+        deadline = time.monotonic() + 600
+        scored = outliers = 0
+        while time.monotonic() < deadline:
+            scored, outliers = count_scored(url, "bench")
+            if scored >= n_records:
+                break
+            time.sleep(0.1)
+        t_scored = time.perf_counter() - t0
+        if scored < n_records:
+            raise SystemExit(f"{kind}: only {scored} of {n_records} records scored within 600 s")
+        latencies = []
+        for body in latency_bodies:
+            started = time.perf_counter()
+            latencies += post_all(daemon.port, "/v1/detectors/bench/records", daemon.token, [body], workers=1)
+            time.sleep(max(0.0, 0.05 - (time.perf_counter() - started)))
+    finally:
+        code = daemon.stop()
+        if code != 0:
+            print(f"{kind}: daemon exit status {code}\n{daemon.tail()}", file=sys.stderr)
+    with store(kind, tmp / "bare") as bare_url:
+        if bare_url is None:
+            raise SystemExit(f"{kind}: the store for the baseline is unreachable")
+        bare_s = bare_insert(kind, bare_url, bodies)
+    vigil_rate, bare_rate = n_records / t_scored, n_records / bare_s
+    ratio = vigil_rate / bare_rate
+    ms = np.array(latencies) * 1000
+    return (fmt(vigil_rate), fmt(bare_rate), f"{ratio:.2f}", f">= {TARGETS['end_to_end']}",
+            verdict(ratio >= TARGETS["end_to_end"]), fmt(n_records / t_ingested),
+            f"{np.percentile(ms, 50):.1f} / {np.percentile(ms, 99):.1f}", fmt(outliers))
+
+
+# -- part 3: training -------------------------------------------------------------------------------------
+
+def _bare_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x_train: torch.Tensor,
+                x_val: torch.Tensor, batch_size: int, generator: torch.Generator,
+                autocast: torch.dtype | None = None) -> None:
+    """One epoch the plain way: shuffled minibatches, MSE, Adam; then the validation loss."""
+    model.train()
+    order = torch.randperm(len(x_train), device=x_train.device, generator=generator)
+    device_type = x_train.device.type
+    for start in range(0, len(x_train), batch_size):
+        xb = x_train[order[start : start + batch_size]]
+        with torch.autocast(device_type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            loss = F.mse_loss(model(xb), xb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+    model.eval()
+    total = torch.zeros((), device=x_val.device)
+    with torch.inference_mode(), torch.autocast(device_type, dtype=autocast or torch.float32,
+                                                 enabled=autocast is not None):
+        for start in range(0, len(x_val), batch_size):
+            xb = x_val[start : start + batch_size]
+            total += F.mse_loss(model(xb), xb).float() * len(xb)
+    float(total.item())
+
+
+def bare_epochs(x: np.ndarray, spec: AutoencoderSpec, settings: TrainSettings, device: torch.device,
+                autocast: torch.dtype | None = None) -> list[float]:
+    """Seconds of each epoch of the bare loop over the same split, tensors on `device`, same batch size."""
+    n_val = round(len(x) * settings.validation_fraction)
+    order = np.random.default_rng(settings.seed).permutation(len(x))
+    x_train = torch.from_numpy(x[np.sort(order[n_val:])]).to(device)
+    x_val = torch.from_numpy(x[np.sort(order[:n_val])]).to(device)
+    torch.manual_seed(settings.seed)
+    model = DenseAutoencoder(spec).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
+    times = []
+    for _ in range(settings.epochs):
+        _sync(device)
+        started = time.perf_counter()
+        _bare_epoch(model, optimizer, x_train, x_val, settings.batch_size, generator, autocast)
+        _sync(device)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def vigil_epochs(x: np.ndarray, spec: AutoencoderSpec, settings: TrainSettings,
+                 autocast: torch.dtype | None = None) -> tuple[list[float], float]:
+    """Seconds of each epoch of `train_autoencoder` (its own EpochStats), and of the whole call."""
+    stats: list[EpochStats] = []
+    started = time.perf_counter()
+    with torch.autocast("cuda", dtype=autocast or torch.float32, enabled=autocast is not None):
+        train_autoencoder(x, spec, settings, stats.append)
+    return [s.seconds for s in stats], time.perf_counter() - started
+
+
+def default_model(n_features: int) -> tuple[AutoencoderSpec, TrainSettings]:
+    """The network and training settings of a detector of n_features numeric features with the default config
+    (read from detector.config; its defaults written out where the daemon's packages are not installed)."""
+    try:
+        from detector.config import DetectorConfig
+        from detector.trainer import settings_for
+    except ImportError:       # the GPU machine: torch and numpy only
+        return AutoencoderSpec(n_inputs=n_features, hidden=(32, 16), latent=4), TrainSettings()
+    det = DetectorConfig.model_validate({"source": {"type": "http"},
+                                         "features": {name: "numeric" for name in feature_names(n_features)}})
+    model_settings, train, _ = settings_for(det)
+    return AutoencoderSpec(n_inputs=n_features, hidden=model_settings.hidden, latent=model_settings.latent), train
+
+
+def part_training(quick: bool) -> Section:
+    n_rows, n_features, epochs = (100_000, 32, 2) if quick else (1_000_000, 32, 3)
+    spec, train = default_model(n_features)
+    settings = TrainSettings(**{**train.to_dict(), "epochs": epochs, "device": "cpu", "patience": epochs + 1,
+                                "min_delta": 0.0})
+    x = synthetic(n_rows, n_features, seed=5).astype(np.float32)
+    x = (x - x.mean(axis=0)) / x.std(axis=0)
+    section = Section(
+        "3. Training",
+        f"{n_rows:,} x {n_features} float32 rows (already encoded), the detector's default model (hidden "
+        f"{list(spec.hidden)}, latent {spec.latent}), batch size {settings.batch_size}, Adam, MSE, 80/20 "
+        f"split, {epochs} epochs, CPU with one torch thread. Vigil: `training.loop.train_autoencoder`, "
+        "seconds per epoch from its own epoch statistics (training pass plus validation loss). Baseline: a bare "
+        "torch loop over the same split tensors, same batch size, same per-epoch validation pass. Median epoch.",
+        ("trainer", "seconds per epoch", "bare loop (s)", "ratio (lower is better)", "target", "result"))
+    vigil_times, whole = vigil_epochs(x, spec, settings)
+    bare_times = bare_epochs(x, spec, settings, torch.device("cpu"))
+    v, b = statistics.median(vigil_times), statistics.median(bare_times)
+    section.rows.append(("Vigil train_autoencoder", f"{v:.2f}", f"{b:.2f}", f"{v / b:.2f}",
+                         f"<= {TARGETS['training']}", verdict(v / b <= TARGETS["training"])))
+    section.notes.append(f"- Whole `train_autoencoder` call: {whole:.1f} s for {epochs} epochs (split, copies, "
+                         "final validation scoring included). Epoch times: Vigil "
+                         + ", ".join(f"{t:.2f}" for t in vigil_times) + "; bare "
+                         + ", ".join(f"{t:.2f}" for t in bare_times) + ".")
+    section.rows.append(_pyod_row(x, spec, settings, b))
+    return section
+
+
+def _pyod_row(x: np.ndarray, spec: AutoencoderSpec, settings: TrainSettings, bare_s: float) -> tuple[str, ...]:
+    try:
+        from pyod.models.auto_encoder import AutoEncoder
+    except ImportError:
+        return ("PyOD AutoEncoder", "not installed (`pip install -e '.[bench]'`): skipped", "", "", "", "")
+    import pyod
+
+    detector = AutoEncoder(hidden_neuron_list=[*spec.hidden, spec.latent], hidden_activation_name="relu",
+                           batch_norm=False, dropout_rate=0.0, epoch_num=1, batch_size=settings.batch_size,
+                           lr=settings.learning_rate, optimizer_params={"weight_decay": 0.0}, preprocessing=False,
+                           device=torch.device("cpu"), verbose=0, random_state=settings.seed)
+    n_train = len(x) - round(len(x) * settings.validation_fraction)
+    x_train = x[:n_train].astype(np.float64)
+    started = time.perf_counter()
+    detector.fit(x_train)
+    fit_s = time.perf_counter() - started
+    started = time.perf_counter()
+    detector.decision_function(x_train)
+    epoch = fit_s - (time.perf_counter() - started)
+    return (f"PyOD {pyod.__version__} AutoEncoder, 1 epoch (same layers and batch size; its closing scoring pass "
+            "subtracted)", f"{epoch:.2f}", f"{bare_s:.2f}", f"{epoch / bare_s:.2f}", "", "for reference")
+
+
+# -- part 4: GPU ------------------------------------------------------------------------------------------
+
+def peak_matmul_tflops(dtype: torch.dtype, device: torch.device, n: int = 8192, repeats: int = 20) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    torch.cuda.synchronize(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - started) / 1e12
+
+
+def peak_copy_gbs(device: torch.device, n_bytes: int = 2 * 2**30, repeats: int = 20) -> float:
+    """Device memory bandwidth: bytes read plus bytes written per second by a large tensor copy."""
+    src = torch.empty(n_bytes // 4, device=device, dtype=torch.float32).uniform_()
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        dst.copy_(src)
+    torch.cuda.synchronize(device)
+    return 2 * n_bytes * repeats / (time.perf_counter() - started) / 1e9
+
+
+def epoch_flops(spec: AutoencoderSpec, n_train: int, n_val: int) -> float:
+    """Matmul FLOPs of one epoch: forward + backward (3x forward) on the training rows, forward on validation."""
+    sizes = [spec.n_inputs, *spec.hidden, spec.latent]
+    forward_per_row = 2 * 2 * sum(a * b for a, b in itertools.pairwise(sizes))
+    return forward_per_row * (3 * n_train + n_val)
+
+
+def part_gpu(quick: bool) -> Section:
+    if not torch.cuda.is_available():
+        section = Section("4. GPU", "Mixed-precision training epoch on a CUDA device.", ("measure", "value"))
+        section.rows.append(("no CUDA device: skipped", "-"))
+        return section
+    device = torch.device("cuda")
+    n_rows, n_features = (1_000_000, 64) if quick else (10_000_000, 64)
+    spec, train = default_model(n_features)
+    amp = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    rng = torch.Generator(device=device).manual_seed(6)
+    x = torch.randn(n_rows, n_features, device=device, generator=rng).cpu().numpy()
+    n_val = round(n_rows * train.validation_fraction)
+    n_train = n_rows - n_val
+    flops = epoch_flops(spec, n_train, n_val)
+    bytes_per_epoch = n_rows * n_features * 4          # every input row read once (fp32)
+    tflops = peak_matmul_tflops(amp, device)
+    tflops_fp32 = peak_matmul_tflops(torch.float32, device)
+    gbs = peak_copy_gbs(device)
+    floor_s = max(flops / (tflops * 1e12), bytes_per_epoch / (gbs * 1e9))
+    section = Section(
+        "4. GPU",
+        f"{torch.cuda.get_device_name(device)}: {n_rows:,} x {n_features} float32 rows, the detector's default "
+        f"model (hidden {list(spec.hidden)}, latent {spec.latent}), Adam, MSE, 80/20 split, `device = \"auto\"` "
+        f"(resolves to cuda). Mixed precision: {str(amp).removeprefix('torch.')} autocast (the training library "
+        "has no mixed-precision setting, so the bench runs `train_autoencoder` inside `torch.autocast`). Floor: "
+        f"max(epoch FLOPs / measured peak {str(amp).removeprefix('torch.')} matmul rate, input bytes per epoch / "
+        "measured copy bandwidth), both measured in this run. Median epoch (1 epoch per run at the default batch "
+        "size on the full set, else 2).",
+        ("trainer", "batch size", "precision", "seconds per epoch", "floor (s)", "x floor", "bare loop (s)",
+         "ratio to bare"))
+    section.notes.append(
+        f"- Device peaks measured here: {amp} matmul {tflops:.0f} TFLOP/s, fp32 matmul {tflops_fp32:.0f} "
+        f"TFLOP/s (8192^3), copy {gbs:.0f} GB/s (read + write). Epoch: {flops / 1e9:.0f} GFLOP, "
+        f"{bytes_per_epoch / 1e9:.2f} GB of input: floor {floor_s * 1000:.2f} ms.")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)     # the CPU side of the call (final validation scoring)
+    for batch_size in (train.batch_size, 65_536):
+        for precision in (None, amp):
+            # the default batch size launches ~40,000 steps per epoch: one epoch each at full size
+            epochs = 1 if batch_size == train.batch_size and not quick else 2
+            settings = TrainSettings(**{**train.to_dict(), "epochs": epochs, "batch_size": batch_size,
+                                        "device": "auto", "patience": 3, "min_delta": 0.0})
+            times, whole = vigil_epochs(x, spec, settings, autocast=precision)
+            bare = bare_epochs(x, spec, settings, device, autocast=precision)
+            v, b = statistics.median(times), statistics.median(bare)
+            label = "fp32" if precision is None else str(precision).removeprefix("torch.")
+            section.rows.append(("Vigil train_autoencoder", str(batch_size), label, f"{v:.3f}", f"{floor_s:.4f}",
+                                 fmt(v / floor_s), f"{b:.3f}", f"{v / b:.2f}"))
+            section.notes.append(f"- batch {batch_size}, {label}: whole `train_autoencoder` call {whole:.1f} s "
+                                 "(copies to the device and the final validation scoring on the CPU included).")
+            gc.collect()
+            torch.cuda.empty_cache()
+    torch.set_num_threads(threads)
+    return section
+
+
+# -- part 5: memory ---------------------------------------------------------------------------------------
+
+def part_memory(quick: bool) -> Section:
+    load_s = 10.0 if quick else 45.0
+    n_detectors, n_features = 10, 32
+    section = Section(
+        "5. Memory",
+        f"Resident set size (VmRSS) of one `vigil run` process with {n_detectors} `http` detectors of {n_features} "
+        f"numeric features each (SQLite store, models trained and stored before the start). Idle: 15 s after "
+        f"start, every model loaded. Under load: {load_s:.0f} s of 100-record POSTs to all {n_detectors} "
+        "detectors, 2 connections in flight, scoring every 1 s; sampled every 0.25 s.",
+        ("state", "RSS (MiB)"))
+    names = {f"det{i}": n_features for i in range(n_detectors)}
+    with tempfile.TemporaryDirectory(prefix="vigil-bench-memory-") as tmp_name:
+        daemon = Daemon(Path(tmp_name), names, None, scoring_interval="1s")
+        daemon.seed_models()
+        daemon.start()
+        try:
+            rss_start = rss_bytes(daemon.pid)
+            time.sleep(15.0)
+            rss_idle = rss_bytes(daemon.pid)
+            samples: list[int] = []
+            stop = threading.Event()
+
+            def sample() -> None:
+                while not stop.is_set():
+                    samples.append(rss_bytes(daemon.pid))
+                    time.sleep(0.25)
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            started = time.monotonic()
+            sent = 0
+            day = 0
+            while time.monotonic() - started < load_s:
+                bodies = record_bodies(100 * 20, 100, n_features, seed=7 + day,
+                                       start=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=day))
+                for i, name in enumerate(names):
+                    post_all(daemon.port, f"/v1/detectors/{name}/records", daemon.token,
+                             bodies[2 * i : 2 * i + 2], workers=2)
+                    sent += 200
+                day += 1
+            time.sleep(3.0)
+            stop.set()
+            sampler.join()
+            rss_after = rss_bytes(daemon.pid)
+        finally:
+            daemon.stop()
+    mib = 2**20
+    section.rows += [("at start (HTTP answering)", fmt(rss_start / mib)), ("idle, models loaded", fmt(rss_idle / mib)),
+                     ("under load, max", fmt(max(samples) / mib)),
+                     ("under load, median", fmt(statistics.median(samples) / mib)),
+                     ("3 s after the load", fmt(rss_after / mib))]
+    section.notes.append(f"- {sent:,} records sent in {load_s:.0f} s.")
+    return section
+
+
+# -- main -------------------------------------------------------------------------------------------------
+
+PARTS: dict[int, Callable[[bool], Section]] = {1: part_scoring, 2: part_end_to_end, 3: part_training,
+                                               4: part_gpu, 5: part_memory}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for iterating")
+    parser.add_argument("--parts", default="1,2,3,4,5", help="comma-separated part numbers (default: all)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown report to write")
+    args = parser.parse_args()
+    parts = [int(p) for p in args.parts.split(",") if p.strip()]
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    sections = []
+    for number in parts:
+        print(f"part {number}...", file=sys.stderr, flush=True)
+        part_started = time.perf_counter()
+        section = PARTS[number](args.quick)
+        section.notes.append(f"\n(part {number} took {time.perf_counter() - part_started:.0f} s)")
+        print(section.markdown(), flush=True)
+        sections.append(section)
+    command = " ".join(["$", ".venv/bin/python", "bench/throughput.py", *sys.argv[1:]])
+    report = [
+        "# Throughput benchmark", "",
+        f"Command: `{command.removeprefix('$ ')}` ({time.perf_counter() - started:.0f} s, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC){' -- QUICK sizes, not the committed run' if args.quick else ''}.",
+        "", f"Machine: {machine()}.", "",
+        *[s.markdown() for s in sections],
+    ]
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text("\n".join(report), encoding="utf-8")
+    print(f"wrote {args.output}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
