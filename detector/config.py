@@ -312,6 +312,8 @@ class ThresholdConfig(Section):
     method: Literal["quantile", "sigma", "mad", "pot"] = "quantile"
     target_fpr: float = Field(default=0.01, gt=0, lt=0.5)
     k: float = Field(default=3.0, gt=0)
+    calibration_folds: int = Field(default=5, ge=1, le=20)
+    fold_max_rows: int = Field(default=5000, ge=0)
 
 
 class TrainingConfig(Section):

@@ -58,7 +58,8 @@ def settings_for(det: DetectorConfig) -> tuple[ModelSettings, TrainSettings, Thr
         patience=m.patience, validation_fraction=m.validation_fraction, seed=m.seed, loss=m.loss,
         device=m.device, max_seconds=m.max_train_time)
     threshold = ThresholdSettings(method=det.threshold.method, target_fpr=det.threshold.target_fpr,
-                                  k=det.threshold.k)
+                                  k=det.threshold.k, calibration_folds=det.threshold.calibration_folds,
+                                  fold_max_rows=det.threshold.fold_max_rows)
     return model, train, threshold
 
 

@@ -252,11 +252,13 @@ def train_autoencoder(
     spec: AutoencoderSpec,
     settings: TrainSettings,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    holdout: npt.NDArray[np.intp] | None = None,
 ) -> TrainOutcome:
     """Train on the rows of `x` [n, spec.n_inputs], early-stopping on a held-out validation split.
 
     Deterministic on CPU for a given seed. The caller's global torch RNG state is left untouched.
     An exception raised by `on_epoch` aborts training and propagates (use it to cancel a run).
+    `holdout` names the validation rows instead of a seeded `validation_fraction` split.
     """
     started = time.perf_counter()
     x = _check_matrix(x, spec.n_inputs)
@@ -267,7 +269,13 @@ def train_autoencoder(
     if not np.isfinite(x).all():
         raise ValueError("training input contains NaN or infinite values")
     device = resolve_device(settings.device)
-    train_idx, val_idx = _split(len(x), settings.validation_fraction, settings.seed)
+    if holdout is None:
+        train_idx, val_idx = _split(len(x), settings.validation_fraction, settings.seed)
+    else:
+        val_idx = np.unique(np.asarray(holdout, dtype=np.intp))
+        if val_idx.size == 0 or val_idx.size >= len(x) or val_idx[0] < 0 or val_idx[-1] >= len(x):
+            raise ValueError(f"holdout must name between 1 and {len(x) - 1} of the {len(x)} rows")
+        train_idx = np.setdiff1d(np.arange(len(x)), val_idx)
     with _seeded(settings.seed, device):
         model = DenseAutoencoder(spec).to(device)  # initialised on CPU: same weights on every device
         x_train = torch.from_numpy(x[train_idx]).to(device)  # moved once, batches indexed there

@@ -126,7 +126,8 @@ def test_report_is_json_able_and_complete(mixed_model: FittedModel) -> None:
     assert len(report["history"]) == report["epochs_run"]
     assert report["settings"]["model"]["hidden"] == [16]
     assert report["settings"]["train"]["loss"] == "mse"
-    assert mixed_model.threshold.n_holdout == report["n_val"]
+    # a small window (<= fold_max_rows) calibrates on every row, scored out of fold
+    assert mixed_model.threshold.n_holdout == report["n_rows"]
 
 
 def test_too_few_rows_is_insufficient_data() -> None:
@@ -239,3 +240,20 @@ def test_trim_fraction_drops_the_highest_scoring_rows_and_refits() -> None:
     bad = trimmed.score(frame.iloc[:20])
     assert bad.is_outlier.mean() >= 0.9
     assert trimmed.threshold.value < plain.threshold.value
+
+
+def test_large_windows_calibrate_on_the_validation_split_small_ones_on_every_row() -> None:
+    from training.fit import ThresholdSettings, fit_model
+    from training.loop import TrainSettings
+    from training.schema import Feature, Schema
+
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame({"x": rng.normal(size=400), "y": rng.normal(size=400)})
+    schema = Schema((Feature("x", "numeric"), Feature("y", "numeric")))
+    train = TrainSettings(epochs=5, seed=0, device="cpu")
+    every = fit_model(frame, schema, train=train, threshold=ThresholdSettings(fold_max_rows=400))
+    split = fit_model(frame, schema, train=train, threshold=ThresholdSettings(fold_max_rows=399))
+    single = fit_model(frame, schema, train=train, threshold=ThresholdSettings(calibration_folds=1))
+    assert every.threshold.n_holdout == 400
+    assert split.threshold.n_holdout == single.threshold.n_holdout == split.report["n_val"] == 80
+    assert split.threshold.value == single.threshold.value
