@@ -825,25 +825,34 @@ def part_gpu(quick: bool) -> Section:
 # -- part 5: memory ---------------------------------------------------------------------------------------
 
 def part_memory(quick: bool) -> Section:
-    load_s = 10.0 if quick else 45.0
+    load_s = 10.0 if quick else 30.0
     n_detectors, n_features = 10, 32
     section = Section(
         "5. Memory",
         f"Resident set size (VmRSS) of one `vigil run` process with {n_detectors} `http` detectors of {n_features} "
-        f"numeric features each (SQLite store, models trained and stored before the start). Idle: 15 s after "
-        f"start, every model loaded. Under load: {load_s:.0f} s of 100-record POSTs to all {n_detectors} "
-        "detectors, 2 connections in flight, scoring every 1 s; sampled every 0.25 s.",
-        ("state", "RSS (MiB)"))
+        f"numeric features each (SQLite store, models trained and stored before the start), with the default "
+        f"`hybrid` score and with `score = \"reconstruction\"`. Idle: 15 s after the start, every model loaded. "
+        f"Under load: {load_s:.0f} s of 100-record POSTs to all {n_detectors} detectors in turn, 2 connections in "
+        "flight, scoring every 1 s; sampled every 0.25 s.",
+        ("state", *(label for _, label in SCORES)))
+    columns = [_memory_run(score, load_s, n_detectors, n_features) for score, _ in SCORES]
+    for i, state in enumerate(("at start (HTTP answering)", "idle, models loaded", "under load, max",
+                               "under load, median", "3 s after the load", "records sent")):
+        section.rows.append((state, *(column[i] for column in columns)))
+    return section
+
+
+def _memory_run(score: str, load_s: float, n_detectors: int, n_features: int) -> list[str]:
     names = {f"det{i}": n_features for i in range(n_detectors)}
+    samples: list[int] = []
     with tempfile.TemporaryDirectory(prefix="vigil-bench-memory-") as tmp_name:
-        daemon = Daemon(Path(tmp_name), names, None, scoring_interval="1s")
+        daemon = Daemon(Path(tmp_name), names, None, scoring_interval="1s", score=score)
         daemon.seed_models()
         daemon.start()
         try:
             rss_start = rss_bytes(daemon.pid)
             time.sleep(15.0)
             rss_idle = rss_bytes(daemon.pid)
-            samples: list[int] = []
             stop = threading.Event()
 
             def sample() -> None:
@@ -854,10 +863,9 @@ def part_memory(quick: bool) -> Section:
             sampler = threading.Thread(target=sample)
             sampler.start()
             started = time.monotonic()
-            sent = 0
-            day = 0
+            sent = day = 0
             while time.monotonic() - started < load_s:
-                bodies = record_bodies(100 * 20, 100, n_features, seed=7 + day,
+                bodies = record_bodies(100 * 2 * n_detectors, 100, n_features, seed=7 + day,
                                        start=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=day))
                 for i, name in enumerate(names):
                     post_all(daemon.port, f"/v1/detectors/{name}/records", daemon.token,
@@ -871,12 +879,8 @@ def part_memory(quick: bool) -> Section:
         finally:
             daemon.stop()
     mib = 2**20
-    section.rows += [("at start (HTTP answering)", fmt(rss_start / mib)), ("idle, models loaded", fmt(rss_idle / mib)),
-                     ("under load, max", fmt(max(samples) / mib)),
-                     ("under load, median", fmt(statistics.median(samples) / mib)),
-                     ("3 s after the load", fmt(rss_after / mib))]
-    section.notes.append(f"- {sent:,} records sent in {load_s:.0f} s.")
-    return section
+    return [fmt(rss_start / mib), fmt(rss_idle / mib), fmt(max(samples) / mib),
+            fmt(statistics.median(samples) / mib), fmt(rss_after / mib), f"{sent:,} in {load_s:.0f} s"]
 
 
 # -- main -------------------------------------------------------------------------------------------------
@@ -898,8 +902,10 @@ def main() -> None:
     for number in parts:
         print(f"part {number}...", file=sys.stderr, flush=True)
         part_started = time.perf_counter()
+        load_before = os.getloadavg()[0]
         section = PARTS[number](args.quick)
-        section.notes.append(f"\n(part {number} took {time.perf_counter() - part_started:.0f} s)")
+        section.notes.append(f"\n(part {number} took {time.perf_counter() - part_started:.0f} s; 1-minute load average "
+                             f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs)")
         print(section.markdown(), flush=True)
         sections.append(section)
     command = " ".join(["$", ".venv/bin/python", "bench/throughput.py", *sys.argv[1:]])
