@@ -1,7 +1,7 @@
 """`vigil tune`: compare model shapes on a detector's training window and write the winner as config.
 
 Every candidate (hidden layers, latent size, autoencoder variant where the config has one) is fitted
-on the same rows of the window and judged on the same held-out rows: by mean reconstruction error,
+on the older 80 % of the window and judged on its newest 20 %: by mean reconstruction error,
 and, once people have reviewed outliers, by how well its scores put confirmed anomalies above
 dismissed outliers and held-out normal records (average precision, ROC AUC).
 """
@@ -178,7 +178,12 @@ def _window(repo: Repository, name: str, det: DetectorConfig, max_rows: int) -> 
     since = latest - timedelta(seconds=det.training.window)
     records = repo.training_window(name, since, min(det.training.max_records, max_rows),
                                    det.review.states_into_training)
-    return records_frame(records, det.feature_schema)
+    return records_frame(records, det.feature_schema, context=_needs_context(det))
+
+
+def _needs_context(det: DetectorConfig) -> bool:
+    """Sequence models and time features read each record's time and key, as in the trainer."""
+    return det.model.window > 1 or det.model.time_features
 
 
 def _candidate_config(det: DetectorConfig, candidate: Candidate, epochs: int) -> DetectorConfig:
@@ -190,10 +195,11 @@ def _candidate_config(det: DetectorConfig, candidate: Candidate, epochs: int) ->
     return det.model_copy(update={"model": model})
 
 
-def _evaluate(fitted: FittedModel, holdout: pd.DataFrame,
+def _evaluate(fitted: FittedModel, fit_rows: pd.DataFrame, holdout: pd.DataFrame,
               reviewed: tuple[pd.DataFrame, pd.DataFrame] | None) -> tuple[float, float | None, float | None]:
     """Mean held-out reconstruction error, and (AP, AUC) of confirmed against dismissed + held-out records."""
-    errors, _, _ = row_errors(fitted.network, fitted.preprocessor.transform(holdout), fitted.loss)
+    inputs = fitted.inputs(holdout, history=fit_rows if fitted.needs_history else None)
+    errors, _, _ = row_errors(fitted.network, inputs, fitted.loss)
     if reviewed is None:
         return float(np.mean(errors)), None, None
     confirmed, dismissed = reviewed
@@ -202,14 +208,14 @@ def _evaluate(fitted: FittedModel, holdout: pd.DataFrame,
     return float(np.mean(errors)), average_precision(positive, negative), roc_auc(positive, negative)
 
 
-def _fit_candidate(frame: pd.DataFrame, holdout: pd.DataFrame, det: DetectorConfig, candidate: Candidate,
+def _fit_candidate(fit_rows: pd.DataFrame, holdout: pd.DataFrame, det: DetectorConfig, candidate: Candidate,
                    epochs: int, reviewed: tuple[pd.DataFrame, pd.DataFrame] | None) -> CandidateResult:
     started = time.perf_counter()
     try:
         model_settings, train_settings, threshold_settings = settings_for(_candidate_config(det, candidate, epochs))
-        fitted = fit_model(frame, det.feature_schema, model_settings, train_settings, threshold_settings)
-        error, ap, auc = _evaluate(fitted, holdout, reviewed)
-    except (TrainingError, ValueError, RuntimeError) as exc:
+        fitted = fit_model(fit_rows, det.feature_schema, model_settings, train_settings, threshold_settings)
+        error, ap, auc = _evaluate(fitted, fit_rows, holdout, reviewed)
+    except (TrainingError, ValueError, KeyError, RuntimeError) as exc:
         logger.warning("tuning candidate failed", extra={"candidate": candidate.label, "error": str(exc)})
         return CandidateResult(candidate, math.inf, math.inf, 0, time.perf_counter() - started, 0,
                                error=f"{exc.__class__.__name__}: {exc}")
@@ -238,16 +244,16 @@ def run_tuning(config: Config, detector: str, grid: Grid, epochs: int = 30, max_
     repo = open_repository(config.store_url)
     try:
         frame = _window(repo, detector, det, max_rows)
-        reviewed = _reviewed(repo, detector, det)
+        # reviewed outliers are stored without their neighbours in time: a sequence model cannot score them
+        reviewed = None if _needs_context(det) else _reviewed(repo, detector, det)
     finally:
         repo.dispose()
     if len(frame) < det.training.min_records:
         raise VigilError(f"the window of {detector!r} holds {len(frame)} records; tuning needs min_records="
                          f"{det.training.min_records}")
-    order = np.random.default_rng(det.model.seed).permutation(len(frame))
-    n_holdout = max(1, round(len(frame) * HOLDOUT_FRACTION))
-    holdout = frame.iloc[np.sort(order[:n_holdout])].reset_index(drop=True)
-    fit_rows = frame.iloc[np.sort(order[n_holdout:])].reset_index(drop=True)
+    n_holdout = max(1, round(len(frame) * HOLDOUT_FRACTION))     # the newest records, as new data will be
+    holdout = frame.iloc[len(frame) - n_holdout:].reset_index(drop=True)
+    fit_rows = frame.iloc[: len(frame) - n_holdout].reset_index(drop=True)
     results = []
     for candidate in grid.candidates:
         result = _fit_candidate(fit_rows, holdout, det, candidate, epochs, reviewed)
