@@ -110,8 +110,9 @@ def _protocol(args: argparse.Namespace, configs: Mapping[str, Any]) -> str:
         "over all scored rows together, plus the mean of per-run ROC-AUC. F1, FAR (false alarms among normal "
         "rows) and MAR (missed anomalies) are at the threshold. Not the leaderboard's protocol (it fits one "
         "model per run on its first 400 rows), so not comparable with its figures row for row.",
-        "* Until the training library has sequence mode (`model.window` > 1, `training.fit.TS_COLUMN`), Vigil "
-        "scores each series point on its own features (window 1).",
+        "* Series: configurations with `model.window` > 1 run in sequence mode (each point scored with the "
+        "window of points before it, `training.fit.TS_COLUMN` and `KEY_COLUMN` carry time and series); the "
+        "others score each point on its own features. Tabular sets skip sequence configurations.",
     ])
 
 

@@ -66,6 +66,8 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "no-trim-50k": {"training": {"first_window_trim": 0.0}, "model": {"memory_size": 50000}},
     "deep-50k": {"model": {"hidden": [128, 64], "latent": 16, "memory_size": 50000}},
     "recon": {"model": {"score": "reconstruction"}},
+    "seq-conv": {"model": {"window": 16, "arch": "conv", "time_features": True}},
+    "seq-lstm": {"model": {"window": 16, "arch": "lstm", "hidden": [32], "time_features": True}},
 }
 QUICK_SETS = CORE_SETS[:10]
 QUICK_NAB = ["rogue_agent_key_hold", "ec2_request_latency_system_failure", "rogue_agent_key_updown"]

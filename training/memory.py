@@ -45,6 +45,10 @@ class NeighborMemory:
         self.kdist = kdist.float().contiguous()
         self.k = k
         self._bank_sq = self.bank.square().sum(dim=1)
+        # Rows with k or more exact twins have a k-th distance of 0 (an idle host reporting the same
+        # values): the density ratio divides by at least a tenth of the typical k-th distance instead.
+        positive = self.kdist[self.kdist > 0]
+        self._kdist_floor = 0.1 * float(positive.median()) if positive.numel() else 1e-12
 
     @classmethod
     def build(
@@ -58,8 +62,7 @@ class NeighborMemory:
         memory = cls(bank, torch.zeros(len(rows)), k)
         with torch.inference_mode():
             dist, _ = memory._nearest(bank, torch.arange(len(rows)))
-        memory.kdist = dist[:, -1].contiguous()
-        return memory, rows
+        return cls(bank, dist[:, -1].contiguous(), k), rows
 
     def to(self, device: torch.device) -> NeighborMemory:
         if self.bank.device == device:
@@ -97,5 +100,5 @@ class NeighborMemory:
         dist, idx = self._nearest(q.float(), exclude)
         kdist = self.kdist.to(q.device)
         bank = self.bank if self.bank.device == q.device else self.bank.to(q.device)
-        density = dist[:, -1] / (kdist[idx].mean(dim=1) + 1e-12)
+        density = dist[:, -1] / kdist[idx].mean(dim=1).clamp_min(self._kdist_floor)
         return NeighborResult(dist.mean(dim=1), density, bank[idx].mean(dim=1))
