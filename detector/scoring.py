@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -74,10 +75,14 @@ class ModelCache:
 class Scorer:
     """Scores every pending record of a detector, batch by batch, exactly once per record."""
 
-    def __init__(self, vigil: Vigil, cache: ModelCache) -> None:
+    def __init__(self, vigil: Vigil, cache: ModelCache, concurrency: int | None = None) -> None:
         self._vigil = vigil
         self._cache = cache
         self.incompatible: set[str] = set()   # detectors whose active model no longer fits their features
+        # Batches of different detectors scored at once, at most one per CPU: more only adds memory (a hybrid
+        # model's neighbour search allocates distance chunks of 64 MiB and more per batch) and contention for
+        # the same cores; bench/throughput.py part 5 measures it.
+        self._slots = threading.BoundedSemaphore(concurrency or os.cpu_count() or 1)
 
     def _score_batch(self, name: str, active: ActiveModel, pending: list[PendingRecord]) -> list[ScoredRecord]:
         """Score a claimed batch: one model call, then explanations for the flagged and unusual rows only."""
@@ -137,10 +142,11 @@ class Scorer:
         for _ in range(max_batches):
             if self._vigil.stopping.is_set():
                 break
-            started = time.perf_counter()
-            scored = self._vigil.repo.score_pending(
-                name, det.scoring.batch_size, active.id, active.model.threshold.value,
-                lambda pending: self._score_batch(name, active, pending))
+            with self._slots:
+                started = time.perf_counter()
+                scored = self._vigil.repo.score_pending(
+                    name, det.scoring.batch_size, active.id, active.model.threshold.value,
+                    lambda pending: self._score_batch(name, active, pending))
             if not scored:
                 break
             self._count(name, scored, active.model.threshold.value)
