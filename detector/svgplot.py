@@ -18,7 +18,8 @@ __all__ = ["PALETTE", "grouped_bars", "histogram", "line_chart", "nice_ticks", "
 
 logger = logging.getLogger(__name__)
 
-PALETTE = ("#3366cc", "#dc3912", "#109618", "#ff9900", "#990099", "#0099c6")
+PALETTE = ("#3366cc", "#dc3912", "#109618", "#ff9900", "#990099", "#0099c6", "#dd4477", "#66aa00", "#b82e2e",
+           "#316395")
 _WIDTH, _HEIGHT = 640, 320
 _LEFT, _RIGHT, _TOP, _BOTTOM = 64, 16, 44, 48
 
@@ -83,7 +84,7 @@ class _Scale:
         low, high = (min(data), max(data)) if data else (0.0, 1.0)
         if high == low:
             low, high = low - 0.5, high + 0.5
-        pad = 0.0 if kind == "log" else (high - low) * 0.04
+        pad = (high - low) * (0.02 if kind == "log" else 0.04)
         return cls(low - pad, high + pad, start, end, kind)
 
     def __call__(self, value: float) -> float:
@@ -125,14 +126,15 @@ def _open(title: str, width: int, height: int) -> list[str]:
 
 
 def _axes(x: _Scale, y: _Scale, x_label: str, y_label: str, width: int, height: int,
-          x_ticks: Sequence[tuple[float, str]] | None = None, bottom_margin: int = _BOTTOM) -> list[str]:
-    """The plot frame, grid, tick labels and axis titles (given `x_ticks` are written slanted)."""
+          x_ticks: Sequence[tuple[float, str]] | None = None, bottom_margin: int = _BOTTOM,
+          slant: bool = False) -> list[str]:
+    """The plot frame, grid, tick labels (`x_ticks` instead of round values; `slant`ed) and axis titles."""
     top, bottom, left, right = _TOP, height - bottom_margin, _LEFT, width - _RIGHT
     parts = [f'<rect x="{left}" y="{top}" width="{right - left}" height="{bottom - top}" '
              'fill="none" stroke="#999"/>']
     for value, text in x.ticks() if x_ticks is None else x_ticks:
         px = _fmt(x(value))
-        label = (f'<text x="{px}" y="{bottom + 15}" text-anchor="middle">{escape(text)}</text>' if x_ticks is None
+        label = (f'<text x="{px}" y="{bottom + 15}" text-anchor="middle">{escape(text)}</text>' if not slant
                  else f'<text x="{px}" y="{bottom + 10}" text-anchor="end" transform="rotate(-35 {px} {bottom + 10})">'
                  f"{escape(text)}</text>")
         parts.append(f'<line x1="{px}" y1="{bottom}" x2="{px}" y2="{bottom + 4}" stroke="#999"/>{label}')
@@ -174,16 +176,18 @@ def _empty(parts: list[str], width: int, height: int, message: str) -> str:
 
 
 def line_chart(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str, x_label: str,
-               y_label: str, log_y: bool = False, width: int = _WIDTH, height: int = _HEIGHT) -> str:
-    """One polyline (with a dot per point) per named series of (xs, ys)."""
+               y_label: str, log_y: bool = False, log_x: bool = False, x_ticks: Sequence[float] | None = None,
+               width: int = _WIDTH, height: int = _HEIGHT) -> str:
+    """One polyline (with a dot per point) per named series of (xs, ys); `x_ticks` labels those x values."""
     parts = _open(title, width, height)
-    clean = {name: _finite(xs, ys, log_y=log_y) for name, (xs, ys) in series.items()}
+    clean = {name: _finite(xs, ys, log_x=log_x, log_y=log_y) for name, (xs, ys) in series.items()}
     points = [p for pts in clean.values() for p in pts]
     if not points:
         return _empty(parts, width, height, "no data")
-    x = _Scale.fit([p[0] for p in points], _LEFT, width - _RIGHT)
+    x = _Scale.fit([p[0] for p in points], _LEFT, width - _RIGHT, "log" if log_x else "linear")
     y = _Scale.fit([p[1] for p in points], height - _BOTTOM, _TOP, "log" if log_y else "linear")
-    parts += _axes(x, y, x_label, y_label, width, height)
+    ticks = None if x_ticks is None else [(t, _label(t)) for t in x_ticks if math.isfinite(t) and (t > 0 or not log_x)]
+    parts += _axes(x, y, x_label, y_label, width, height, x_ticks=ticks)
     for i, (name, pts) in enumerate(clean.items()):
         colour = PALETTE[i % len(PALETTE)]
         coords = " ".join(f"{_fmt(x(a))},{_fmt(y(b))}" for a, b in pts)
@@ -282,7 +286,7 @@ def grouped_bars(categories: Sequence[str], series: Mapping[str, Sequence[float 
     x = _Scale(0.0, float(len(categories)), _LEFT, width - _RIGHT)
     y = _Scale.fit(values, height - bottom_margin, _TOP, "symlog" if symlog else "linear", include=[0.0])
     ticks = [(i + 0.5, c if len(c) <= 14 else c[:13] + "…") for i, c in enumerate(categories)]
-    parts += _axes(x, y, "", y_label, width, height, x_ticks=ticks, bottom_margin=bottom_margin)
+    parts += _axes(x, y, "", y_label, width, height, x_ticks=ticks, bottom_margin=bottom_margin, slant=True)
     slot = (x.end - x.start) / len(categories)
     bar = slot * 0.8 / max(len(series), 1)
     zero = y(0.0)

@@ -124,3 +124,13 @@ def test_constant_values_still_draw() -> None:
     root = parse(svgplot.histogram([2.0] * 10, title="t", x_label="x", marker=2.0))
     assert sum(int((b.find(f"{SVG}title").text or "").rsplit(": ", 1)[1])  # type: ignore[union-attr]
                for b in marks(root, "bar")) == 10
+
+
+def test_log_x_with_given_ticks_spaces_doublings_evenly() -> None:
+    sizes = [2, 4, 8, 16, 32]
+    root = parse(svgplot.line_chart({"a": (sizes, [50, 40, 30, 20, 10])}, title="t", x_label="latent size", y_label="y",
+                                    log_x=True, x_ticks=sizes))
+    xs = [float(p.split(",")[0]) for p in (marks(root, "line")[0].get("points") or "").split()]
+    gaps = {round(b - a, 1) for a, b in itertools.pairwise(xs)}
+    assert len(gaps) == 1, xs
+    assert [t for t in texts(root) if t in {"2", "4", "8", "16", "32"}] == ["2", "4", "8", "16", "32"]
