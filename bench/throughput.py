@@ -278,9 +278,11 @@ def _scoring_times(tmp: Path, n_features: int, score: str, quick: bool, repeats:
         "frame": lambda: records_frame(pending, det.feature_schema),
         "score": lambda: fitted.score(frame),
     }
+    gc.freeze()          # as `vigil run` does once it has loaded everything
     try:
         return interleaved_medians(runs, repeats)
     finally:
+        gc.unfreeze()
         vigil.repo.dispose()
 
 

