@@ -438,10 +438,10 @@ def _score_parts(model: FittedModel, x: npt.NDArray[np.float32], batch_size: int
             else:
                 if memory is None or scoring.normalizer is None:
                     raise ArtifactError("a hybrid model needs a neighbour memory and a normalizer")
-                near = memory.query(xb)
+                near = memory.query(_memory_view(xb, spec.window))
                 values = {"reconstruction": rec, "distance": near.distance.double(), "density": near.density.double()}
                 score, z = _combine(values, scoring)
-                diff = (xb - near.neighbour_mean)[:, last : last + n_cols].square() @ features
+                diff = (xb[:, last:] - near.neighbour_mean[:, last:])[:, :n_cols].square() @ features
                 contrib = _blend(score, z, scoring.weights, per_feature.double(), diff.double())
                 if comps is not None:
                     for name in COMPONENTS:
@@ -494,6 +494,21 @@ def _normalizer(values: Mapping[str, npt.NDArray[np.float64]]) -> dict[str, tupl
     return out
 
 
+SEQUENCE_CONTEXT_WEIGHT = 0.25   # neighbour distances: the records before a sequence record count this much
+
+
+def _memory_view(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Rows as the neighbour memory sees them: in sequence mode the earlier records of each window are
+    scaled by SEQUENCE_CONTEXT_WEIGHT, so one odd record raises its own distance most, not equally the
+    distances of the window - 1 records after it. The record's own columns (the last block) are unchanged."""
+    if window == 1:
+        return x
+    n, width = x.shape
+    weights = torch.full((window, 1), SEQUENCE_CONTEXT_WEIGHT, dtype=x.dtype, device=x.device)
+    weights[-1] = 1.0
+    return (x.reshape(n, window, width // window) * weights).reshape(n, width)
+
+
 def _calibration(
     x: npt.NDArray[np.float32], outcome: TrainOutcome, spec: AutoencoderSpec, schema: Schema,
     preprocessor: Preprocessor, kind: ScoreKind, train: TrainSettings, threshold: ThresholdSettings,
@@ -539,11 +554,12 @@ def _hybrid_fit(
     as a new normal record would be: against the memory without itself, with the reconstruction
     error `base` of a network that never trained on it.
     """
-    memory, kept = NeighborMemory.build(x, model.neighbors, model.memory_size, seed)
+    view = _memory_view(torch.from_numpy(np.ascontiguousarray(x)), model.window).numpy()
+    memory, kept = NeighborMemory.build(view, model.neighbors, model.memory_size, seed)
     position = np.full(len(x), -1, dtype=np.int64)
     position[kept] = np.arange(len(kept))
     with torch.inference_mode():
-        near = memory.query(torch.from_numpy(np.ascontiguousarray(x[rows])), torch.from_numpy(position[rows]))
+        near = memory.query(torch.from_numpy(np.ascontiguousarray(view[rows])), torch.from_numpy(position[rows]))
     values = {"reconstruction": base, "distance": near.distance.double().numpy(),
               "density": near.density.double().numpy()}
     scoring = Scoring(kind="hybrid", weights=model.weights, neighbors=memory.k, normalizer=_normalizer(values),
