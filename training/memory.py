@@ -45,6 +45,7 @@ class NeighborMemory:
         self.kdist = kdist.float().contiguous()
         self.k = k
         self._bank_sq = self.bank.square().sum(dim=1)
+        self._bank_t = self.bank.T.contiguous()
         # Rows with k or more exact twins have a k-th distance of 0 (an idle host reporting the same
         # values): the density ratio divides by at least a tenth of the typical k-th distance instead.
         positive = self.kdist[self.kdist > 0]
@@ -75,20 +76,22 @@ class NeighborMemory:
         `exclude` [n] names a bank row to skip per query (its own, for leave-one-out), -1 for none.
         Distances come from ||q||^2 + ||b||^2 - 2 q.b (one matrix product per chunk).
         """
-        bank = self.bank if self.bank.device == q.device else self.bank.to(q.device)
+        bank_t = self._bank_t if self._bank_t.device == q.device else self._bank_t.to(q.device)
         bank_sq = self._bank_sq.to(q.device)
-        step = max(1, _CHUNK_ELEMENTS // max(1, bank.shape[0]))
+        step = max(1, min(512, _CHUNK_ELEMENTS // max(1, bank_t.shape[1])))
         dists, index = [], []
         for start in range(0, len(q), step):
             qb = q[start : start + step]
-            d2 = (qb.square().sum(dim=1, keepdim=True) + bank_sq) - 2.0 * (qb @ bank.T)
+            # ||b||^2 - 2 q.b in one fused product; ||q||^2 is the same along a row, so it is added to the
+            # k selected values only
+            partial = torch.addmm(bank_sq, qb, bank_t, alpha=-2.0)
             if exclude is not None:
                 ex = exclude[start : start + step].to(q.device)
                 hit = ex >= 0
                 if bool(hit.any()):
-                    d2[hit.nonzero().squeeze(1), ex[hit]] = float("inf")
-            values, idx = torch.topk(d2, self.k, dim=1, largest=False, sorted=True)
-            dists.append(values.clamp_min(0.0).sqrt())
+                    partial[hit.nonzero().squeeze(1), ex[hit]] = float("inf")
+            values, idx = torch.topk(partial, self.k, dim=1, largest=False, sorted=True)
+            dists.append((values + qb.square().sum(dim=1, keepdim=True)).clamp_min(0.0).sqrt())
             index.append(idx)
         if not dists:
             empty = torch.empty((0, self.k), device=q.device)
