@@ -70,8 +70,9 @@ class ModelSettings:
     score "hybrid": the autoencoder's reconstruction error, the mean distance to the `neighbors`
     nearest of up to `memory_size` remembered training rows, and the local density ratio of those
     neighbours; each is log-standardised on held-out normal rows and averaged with `weights`
-    (reconstruction, distance, density), and the score is exp of that average (about 1 for a
-    typical normal row). `window` > 1 is sequence mode (`arch` "conv" or "lstm"); `time_features`
+    (reconstruction, distance, density), and the score is softplus of that average: positive, about
+    0.7 for a typical normal row and about the number of standard deviations above normal for an
+    unusual one. `window` > 1 is sequence mode (`arch` "conv" or "lstm"); `time_features`
     adds the hour of day and day of week of each record's timestamp as inputs.
     """
 
@@ -452,7 +453,7 @@ def _score_parts(model: FittedModel, x: npt.NDArray[np.float32], batch_size: int
 
 
 def _combine(values: Mapping[str, torch.Tensor], scoring: Scoring) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """exp of the weighted mean of the log-standardised components; and each component's z."""
+    """softplus of the weighted mean of the log-standardised components; and each component's z."""
     if scoring.normalizer is None:
         raise ValueError("hybrid scoring needs a normalizer")
     z: dict[str, torch.Tensor] = {}
@@ -461,8 +462,8 @@ def _combine(values: Mapping[str, torch.Tensor], scoring: Scoring) -> tuple[torc
         mean, std, eps = scoring.normalizer[name]
         z[name] = (torch.log(values[name] + eps) - mean) / std
         total = total + weight * z[name]
-    mixed = (total / sum(scoring.weights)).clamp(max=700.0)
-    return torch.exp(mixed), z
+    mixed = total / sum(scoring.weights)
+    return torch.nn.functional.softplus(mixed), z
 
 
 def _blend(
@@ -479,6 +480,13 @@ def _blend(
     near_share = near_features / near_features.sum(dim=1, keepdim=True).clamp_min(1e-300)
     shares = share_rec.unsqueeze(1) * rec_share + (1.0 - share_rec).unsqueeze(1) * near_share
     return shares * score.unsqueeze(1)
+
+
+def _inverse_softplus(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """The x with softplus(x) = values (values > 0), stable for large and small values."""
+    v = np.maximum(np.asarray(values, dtype=np.float64), 1e-300)
+    out: npt.NDArray[np.float64] = v + np.log(-np.expm1(-v))
+    return out
 
 
 def _normalizer(values: Mapping[str, npt.NDArray[np.float64]]) -> dict[str, tuple[float, float, float]]:
@@ -604,10 +612,10 @@ def fit_model(
         # held-out scores (quantiles that incidents in under 5 % of the window cannot move much), and at
         # most trim_fraction of the window. Trimming ordinary normal rows would cut the top of the
         # held-out distribution too, and the refitted threshold would flag more than target_fpr.
-        # A hybrid score is exp of a mix of standardised logs: its log is about normal, and the rule is
-        # applied there (about 5 sigma); reconstruction errors are skewed and it applies to them as they are.
+        # A hybrid score is softplus of a mix of standardised logs, about normal: the rule applies to that
+        # mix (about 5 sigma); reconstruction errors are skewed and it applies to them as they are.
         val = screen.val_scores if screen.val_scores is not None else scores
-        scale = np.log if screen.scoring.kind == "hybrid" else np.asarray
+        scale = _inverse_softplus if screen.scoring.kind == "hybrid" else np.asarray
         with np.errstate(divide="ignore"):
             val_t, scores_t = scale(val), scale(scores)
         q50, q95 = np.quantile(val_t, [0.5, 0.95])

@@ -37,6 +37,7 @@ device = "cpu"
 
 [detectors.web.threshold]
 target_fpr = 0.01
+calibration_folds = 1   # one network per training run keeps these tests quick (tests/training cover the folds)
 
 [detectors.web.training]
 interval = "1h"

@@ -206,7 +206,7 @@ def test_history_completes_the_first_windows(fitted: Callable[..., FittedModel],
     frame = _test_frame()
     with_history = model.score(frame, history=HISTORY).scores
     joined = model.score(pd.concat([HISTORY, frame], ignore_index=True)).scores
-    np.testing.assert_array_equal(with_history, joined[len(HISTORY):])
+    np.testing.assert_allclose(with_history, joined[len(HISTORY):], rtol=1e-9)   # chunking may move the last bit
     alone = model.score(frame).scores
     np.testing.assert_array_equal(alone[7:], with_history[7:])   # full windows inside the frame: no change
     assert (alone[:7] != with_history[:7]).all()                   # padded windows differ
