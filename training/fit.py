@@ -539,7 +539,9 @@ def _calibration(
 
     val = outcome.val_index if outcome.val_index is not None else np.arange(len(x))
     rows, values = [val], [base(outcome.model, val)]
-    if threshold.calibration_folds > 1 and len(x) <= threshold.fold_max_rows:
+    # sequence windows overlap their neighbours in time: random folds would leak, so they keep the
+    # newest rows held out (see fit_model)
+    if threshold.calibration_folds > 1 and len(x) <= threshold.fold_max_rows and spec.window == 1:
         rest = np.setdiff1d(np.arange(len(x)), val)
         rest = np.random.default_rng(train.seed + 1).permutation(rest)
         for fold in np.array_split(rest, threshold.calibration_folds - 1):
@@ -564,10 +566,19 @@ def _hybrid_fit(
     """
     view = _memory_view(torch.from_numpy(np.ascontiguousarray(x)), model.window).numpy()
     memory, kept = NeighborMemory.build(view, model.neighbors, model.memory_size, seed)
-    position = np.full(len(x), -1, dtype=np.int64)
-    position[kept] = np.arange(len(kept))
-    with torch.inference_mode():
-        near = memory.query(torch.from_numpy(np.ascontiguousarray(view[rows])), torch.from_numpy(position[rows]))
+    if model.window > 1:
+        # the held-out rows are the newest ones: score them against a memory of the older rows only, as
+        # overlapping windows next to them in time would otherwise be their nearest neighbours
+        older = np.setdiff1d(np.arange(len(x)), rows)
+        calibration, _ = NeighborMemory.build(view[older], model.neighbors, model.memory_size, seed)
+        with torch.inference_mode():
+            near = calibration.query(torch.from_numpy(np.ascontiguousarray(view[rows])))
+    else:
+        position = np.full(len(x), -1, dtype=np.int64)
+        position[kept] = np.arange(len(kept))
+        with torch.inference_mode():
+            near = memory.query(torch.from_numpy(np.ascontiguousarray(view[rows])),
+                                torch.from_numpy(position[rows]))
     values = {"reconstruction": base, "distance": near.distance.double().numpy(),
               "density": near.density.double().numpy()}
     scoring = Scoring(kind="hybrid", weights=model.weights, neighbors=memory.k, normalizer=_normalizer(values),
@@ -651,7 +662,12 @@ def fit_model(
         contractive_weight=model.contractive_weight,
         beta=model.beta,
     )
-    outcome = train_autoencoder(x, spec, train, on_epoch)
+    holdout = None
+    if model.window > 1:      # time series: hold out the newest rows, not a random share of overlapping windows
+        newest = np.argsort(pd.to_datetime(frame[TS_COLUMN], utc=True).to_numpy(), kind="stable")
+        n_val = min(len(x) - MIN_TRAIN_ROWS, max(1, round(len(x) * train.validation_fraction)))
+        holdout = np.sort(newest[len(x) - n_val:])
+    outcome = train_autoencoder(x, spec, train, on_epoch, holdout=holdout)
     rows, base = _calibration(x, outcome, spec, schema, preprocessor, model.score, train, threshold, on_epoch)
     memory = None
     if model.score == "hybrid":
