@@ -24,12 +24,14 @@ from detector.errors import ConfigError
 from training.schema import Feature, Schema
 
 __all__ = [
+    "AlertingConfig",
     "Config",
     "DaemonConfig",
     "DemoSourceConfig",
     "DetectorConfig",
     "DiversityConfig",
     "FileSourceConfig",
+    "FloorConfig",
     "HttpConfig",
     "HttpSourceConfig",
     "ModelConfig",
@@ -387,6 +389,36 @@ class ScoringConfig(Section):
     top_contributions: int = Field(default=5, ge=1)
 
 
+class FloorConfig(Section):
+    """A numeric feature's least deviation worth an alert: |actual - expected| <= absolute, or
+    <= relative * |expected|, counts as within the floor."""
+
+    absolute: float | None = Field(default=None, ge=0)
+    relative: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _some_floor(self) -> FloorConfig:
+        if self.absolute is None and self.relative is None:
+            raise ValueError("a floor needs absolute, relative or both")
+        return self
+
+
+class AlertingConfig(Section):
+    """Alert hygiene: k-of-n confirmation per key and per-feature deviation floors (both off by default)."""
+
+    confirm_k: int = Field(default=1, ge=1)
+    confirm_n: int = Field(default=1, ge=1, le=1000)
+    floors: dict[str, FloorConfig] = Field(default_factory=dict)
+    floor_top: int = Field(default=3, ge=1)
+
+    @model_validator(mode="after")
+    def _k_of_n(self) -> AlertingConfig:
+        if self.confirm_k > self.confirm_n:
+            raise ValueError(f"confirm_k ({self.confirm_k}) must be <= confirm_n ({self.confirm_n}): a record "
+                             "is flagged when confirm_k of the last confirm_n records of its key pass the threshold")
+        return self
+
+
 class DetectorConfig(Section):
     source: SourceConfig
     ts_field: str = "ts"
@@ -398,6 +430,7 @@ class DetectorConfig(Section):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     diversity: DiversityConfig = Field(default_factory=DiversityConfig)
     review: ReviewConfig = Field(default_factory=ReviewConfig)
+    alerting: AlertingConfig = Field(default_factory=AlertingConfig)
 
     @field_validator("features")
     @classmethod
@@ -418,6 +451,19 @@ class DetectorConfig(Section):
             if unknown:
                 raise ValueError(f"features {unknown} have no query in source.queries (each feature is a query name)")
         return self
+
+    @field_validator("alerting")
+    @classmethod
+    def _floors_on_numeric_features(cls, value: AlertingConfig, info: ValidationInfo) -> AlertingConfig:
+        features = info.data.get("features")
+        if features is None:        # features failed validation: that error is reported instead
+            return value
+        numeric = [name for name, spec in features.items()
+                   if (spec if isinstance(spec, str) else spec.kind) == "numeric"]
+        unknown = sorted(set(value.floors) - set(numeric))
+        if unknown:
+            raise ValueError(f"floors {unknown} name no numeric feature of this detector (numeric: {numeric})")
+        return value
 
     @property
     def feature_schema(self) -> Schema:
