@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["SCORE_RATIO_BUCKETS", "Metrics", "StoreCollector", "StoreSnapshot"]
+__all__ = ["SCORE_RATIO_BUCKETS", "SUPPRESSION_REASONS", "Metrics", "StoreCollector", "StoreSnapshot"]
 
 logger = logging.getLogger(__name__)
 
@@ -20,6 +20,7 @@ UNKNOWN_DETECTOR = "_unknown"
 TRAINING_RESULTS = ("success", "failed", "skipped", "refused")
 OOD_KINDS = ("unseen_category", "out_of_range")
 COMPONENTS = ("scoring", "training", "source", "store")
+SUPPRESSION_REASONS = ("confirmation", "deviation_floor")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,10 @@ class Metrics:
         self.outliers = Counter(
             "vigil_outliers_total", "Records whose score passed the threshold.", ["detector"],
             registry=registry)
+        self.alerts_suppressed = Counter(
+            "vigil_alerts_suppressed_total",
+            "Records over the threshold that alerting kept from being flagged, by reason "
+            "(confirmation, deviation_floor).", ["detector", "reason"], registry=registry)
         self.score_ratio = Histogram(
             "vigil_score_threshold_ratio", "Score of each scored record divided by the threshold in force.",
             ["detector"], buckets=SCORE_RATIO_BUCKETS, registry=registry)
@@ -112,6 +117,8 @@ class Metrics:
             self.records_ingested.labels(name, source)
             self.records_scored.labels(name)
             self.outliers.labels(name)
+            for reason in SUPPRESSION_REASONS:
+                self.alerts_suppressed.labels(name, reason)
             for result in TRAINING_RESULTS:
                 self.training_runs.labels(name, result)
             for kind in OOD_KINDS:

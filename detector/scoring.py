@@ -7,6 +7,7 @@ import math
 import os
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from detector.alerting import confirmed, first_times, within_floors
+from detector.config import AlertingConfig
 from detector.frames import records_frame, to_json_value
 from detector.service import Vigil
 from detector.store.repository import PendingRecord, ScoredRecord
@@ -99,27 +102,58 @@ class Scorer:
                     first[record.key] = record.ts
             earlier = self._vigil.repo.history(name, first, model.scoring.window - 1)
             history = records_frame(earlier, det.feature_schema, context=True)
-        result = model.score(records_frame(pending, det.feature_schema, context=context), history=history)
+        frame = records_frame(pending, det.feature_schema, context=context)
+        result = model.score(frame, history=history)
         unusual = result.unseen.any(axis=1)
         if result.out_of_range is not None:
             unusual |= result.out_of_range.any(axis=1)
         ood = {int(i): result.out_of_distribution(int(i)) for i in np.flatnonzero(unusual)}
-        outliers = self._explain(name, result, pending, np.flatnonzero(result.is_outlier),
-                                 det.scoring.top_contributions)
-        return [ScoredRecord(record.id, score, outliers.get(i), ood.get(i))
+        flagged = self._outside_maintenance(name, pending, np.flatnonzero(result.is_outlier))
+        flagged, suppressed = self._alert_hygiene(name, det.alerting, result, frame, pending, flagged)
+        outliers = self._explain(result, pending, flagged, det.scoring.top_contributions)
+        return [ScoredRecord(record.id, score, outliers.get(i), ood.get(i), suppressed.get(i))
                 for i, (record, score) in enumerate(zip(pending, result.scores.tolist(), strict=True))]
 
-    def _explain(self, name: str, result: ScoreResult, pending: list[PendingRecord],
-                 flagged: npt.NDArray[np.intp], top_k: int) -> dict[int, dict[str, Any]]:
-        """Contributions and expected values of the flagged rows outside maintenance windows, by row."""
+    def _outside_maintenance(self, name: str, pending: list[PendingRecord],
+                             flagged: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
+        """The flagged rows whose time lies in no maintenance window of the detector."""
         if not len(flagged):
-            return {}
+            return flagged
         times = [pending[i].ts for i in flagged]
         windows = self._vigil.repo.reviews.windows(name, (min(times), max(times)))
-        rows = [int(i) for i, ts in zip(flagged, times, strict=True)
-                if not any(w.start <= ts < w.end for w in windows)]
-        if not rows:
+        if not windows:
+            return flagged
+        return np.asarray([int(i) for i, ts in zip(flagged, times, strict=True)
+                           if not any(w.start <= ts < w.end for w in windows)], dtype=np.intp)
+
+    def _alert_hygiene(self, name: str, alerting: AlertingConfig, result: ScoreResult, frame: pd.DataFrame,
+                       pending: list[PendingRecord], flagged: npt.NDArray[np.intp],
+                       ) -> tuple[npt.NDArray[np.intp], dict[int, str]]:
+        """Drop the flagged rows whose top deviations are all within their floors, then those whose key has
+        fewer than k of its last n records over the threshold; returns the rows kept and why each other
+        row was dropped. Only the flagged rows and the rows of their keys are looked at."""
+        suppressed: dict[int, str] = {}
+        if len(flagged) and alerting.floors:
+            quiet = within_floors(result, frame, flagged, alerting.floors, alerting.floor_top)
+            suppressed.update(dict.fromkeys(flagged[quiet].tolist(), "deviation_floor"))
+            flagged = flagged[~quiet]
+        if len(flagged) and alerting.confirm_k > 1:
+            keys = pd.Series([r.key for r in pending], dtype=object)
+            rows = np.flatnonzero(keys.isin(keys.iloc[flagged].unique()).to_numpy())
+            records = [pending[i] for i in rows]
+            prior = self._vigil.repo.recent_exceedances(name, first_times(records), alerting.confirm_n - 1)
+            ok = np.zeros(len(pending), dtype=bool)
+            ok[rows] = confirmed(records, result.is_outlier[rows], prior, alerting.confirm_k, alerting.confirm_n)
+            suppressed.update(dict.fromkeys(flagged[~ok[flagged]].tolist(), "confirmation"))
+            flagged = flagged[ok[flagged]]
+        return flagged, suppressed
+
+    def _explain(self, result: ScoreResult, pending: list[PendingRecord],
+                 flagged: npt.NDArray[np.intp], top_k: int) -> dict[int, dict[str, Any]]:
+        """Contributions and expected values of the flagged rows, by row."""
+        if not len(flagged):
             return {}
+        rows = flagged.tolist()
         # ScoreResult.top_contributions for all these rows at once: one stable argsort, one division, and
         # the expected values converted column by column instead of through pandas row by row
         index = np.asarray(rows)
@@ -179,12 +213,14 @@ class Scorer:
         return total
 
     def _count(self, name: str, scored: list[ScoredRecord], threshold: float) -> None:
-        """Scored records, outliers, out-of-distribution notes and the score/threshold histogram."""
+        """Scored records, outliers, suppressed alerts, out-of-distribution notes and the score/threshold histogram."""
         metrics = self._vigil.metrics
         metrics.records_scored.labels(name).inc(len(scored))
         flagged = sum(1 for s in scored if s.outlier is not None)
         if flagged:
             metrics.outliers.labels(name).inc(flagged)
+        for reason, n in Counter(s.suppressed for s in scored if s.suppressed is not None).items():
+            metrics.alerts_suppressed.labels(name, reason).inc(n)
         for s in scored:
             if s.ood is not None:
                 for kind, features in s.ood.items():

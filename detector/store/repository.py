@@ -54,12 +54,14 @@ class PendingRecord(NamedTuple):
 
 
 class ScoredRecord(NamedTuple):
-    """The scoring result of one pending record; `outlier` holds the explanation when flagged."""
+    """The scoring result of one pending record; `outlier` holds the explanation when flagged, and
+    `suppressed` why alerting kept a record over the threshold from being flagged."""
 
     id: int
     score: float
     outlier: dict[str, Any] | None = None
     ood: dict[str, Any] | None = None
+    suppressed: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +267,36 @@ class Repository:
                 .order_by(inner.c.ts, inner.c.id)
             ).all()
         return [PendingRecord(r.id, r.ts, r.key, r.fields) for r in rows]
+
+    def recent_exceedances(self, detector: str, before: Mapping[str | None, datetime],
+                           limit: int) -> dict[str | None, list[bool]]:
+        """For each key in `before`, whether each of its newest `limit` scored records before that key's
+        time passed the threshold of the model version that scored it, oldest first (what k-of-n
+        confirmation needs ahead of a batch). Passing the threshold is not being an outlier: a record
+        in a maintenance window or suppressed by alerting passed it all the same."""
+        if not before or limit < 1:
+            return {}
+        conditions = [
+            and_(RecordRow.key.is_(None) if key is None else RecordRow.key == key, RecordRow.ts < ts)
+            for key, ts in before.items()
+        ]
+        rank = func.row_number().over(partition_by=RecordRow.key,
+                                      order_by=(RecordRow.ts.desc(), RecordRow.id.desc())).label("rank")
+        inner = (select(RecordRow.id, RecordRow.ts, RecordRow.key, RecordRow.score, RecordRow.is_outlier,
+                        ModelVersionRow.threshold, rank)
+                 .outerjoin(ModelVersionRow, ModelVersionRow.id == RecordRow.model_version_id)
+                 .where(RecordRow.detector == detector, RecordRow.state == "scored", or_(*conditions))
+                 .subquery())
+        with self._read("read recent exceedances") as session:
+            rows = session.execute(
+                select(inner.c.key, inner.c.score, inner.c.is_outlier, inner.c.threshold)
+                .where(inner.c.rank <= limit).order_by(inner.c.ts, inner.c.id)
+            ).all()
+        flags: dict[str | None, list[bool]] = {}
+        for key, score, is_outlier, threshold in rows:   # a record whose version is gone: its outlier bit
+            over = bool(is_outlier) if threshold is None or score is None else score > threshold
+            flags.setdefault(key, []).append(over)
+        return flags
 
     def count_flagged(self, detector: str, since: datetime, reviewed_in: Sequence[str] = ("dismissed",)) -> int:
         """Records since `since` left out of training because a model flagged them (and no review let them in)."""
