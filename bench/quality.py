@@ -65,6 +65,7 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "mem50k": {"model": {"memory_size": 50000}},
     "no-trim-50k": {"training": {"first_window_trim": 0.0}, "model": {"memory_size": 50000}},
     "deep-50k": {"model": {"hidden": [128, 64], "latent": 16, "memory_size": 50000}},
+    "deep": {"model": {"hidden": [128, 64], "latent": 16}},
     "recon": {"model": {"score": "reconstruction"}},
     "seq-conv": {"model": {"window": 16, "arch": "conv", "time_features": True}},
     "seq-lstm": {"model": {"window": 16, "arch": "lstm", "hidden": [32], "time_features": True}},
