@@ -6,9 +6,11 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,6 +58,19 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def _code_version() -> str:
+    """The checkout's commit, and whether detector/, training/ or bench/ differ from it."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "detector", "training", "bench"], cwd=root,
+                                 capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"commit {commit}" + (" with uncommitted changes in detector/, training/ or bench/" if changed else "")
+
+
 def _header(records: pd.DataFrame, command: str, wall_s: float) -> str:
     devices = sorted(str(d) for d in records.get("device", pd.Series(dtype=object)).dropna().unique())
     return "\n".join([
@@ -63,7 +78,8 @@ def _header(records: pd.DataFrame, command: str, wall_s: float) -> str:
         "",
         f"Command: `{command}`",
         "",
-        f"Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}. Wall time: {wall_s / 60:.1f} min.",
+        f"Date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}. Wall time: {wall_s / 60:.1f} min. "
+        f"Code: {_code_version()}.",
         "",
         f"Machine: {_cpu_model()}, {os.cpu_count()} CPUs (os.cpu_count()), {platform.platform()}; Python "
         f"{platform.python_version()}, torch {_version('torch')} (Vigil trained on: {', '.join(devices) or 'n/a'}; "
@@ -163,7 +179,8 @@ def _tabular(rows: pd.DataFrame) -> str:
     def matrix(column: str, digits: int, best: str | None) -> str:
         return _matrix(per, datasets, methods, column, digits, lead, core or None, best)
 
-    summary = ["| method | core sets | mean ROC-AUC | mean AP | FPR in band | mean realised FPR | time, s per seed |",
+    summary = ["| method | core sets | mean ROC-AUC | mean AP | FPR in band | mean realised FPR "
+               "| time, s per seed, all sets |",
                "|---|---:|---:|---:|---:|---:|---:|"]
     for method in methods:
         m = per.xs(method, level="method").reindex(core)
