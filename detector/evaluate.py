@@ -17,6 +17,7 @@ from detector.trainer import settings_for
 from training.errors import TrainingError
 from training.fit import FittedModel, fit_model
 from training.schema import Feature, Schema
+from training.sequence import KEY_COLUMN, TS_COLUMN
 
 __all__ = ["Evaluation", "EvaluationInputError", "evaluate_files", "read_table", "write_scores"]
 
@@ -209,12 +210,33 @@ def _training_rows(train: pd.DataFrame, label: str | None, det: DetectorConfig, 
     return rows.reset_index(drop=True)
 
 
+def reads_time(det: DetectorConfig) -> bool:
+    """Whether the detector's model reads timestamps and keys (sequence mode or time features)."""
+    return det.model.window > 1 or det.model.time_features
+
+
+def with_context(frame: pd.DataFrame, det: DetectorConfig, path: Path) -> pd.DataFrame:
+    """`frame` plus the timestamp and key columns a sequence model reads, from `ts_field` and `key_field`."""
+    if det.ts_field not in frame.columns:
+        raise EvaluationInputError(path, f"the model reads time (model.window {det.model.window}, time_features "
+                                         f"{det.model.time_features}) but there is no {det.ts_field!r} column")
+    ts = pd.to_datetime(frame[det.ts_field], utc=True, errors="coerce", format="mixed")
+    if ts.isna().any():
+        row = int(np.flatnonzero(ts.isna().to_numpy())[0])
+        raise EvaluationInputError(path, f"column {det.ts_field!r} row {row + 1} holds "
+                                         f"{frame[det.ts_field].iloc[row]!r}, not a timestamp")
+    keys: pd.Series[str] | str = ""
+    if det.key_field in frame.columns:
+        keys = frame[det.key_field].astype(str).where(frame[det.key_field].notna(), "")
+    return frame.assign(**{TS_COLUMN: ts, KEY_COLUMN: keys})
+
+
 def _fit(rows: pd.DataFrame, schema: Schema, det: DetectorConfig) -> FittedModel:
     """Fit as the daemon fits a detector's first model (trimmed by training.first_window_trim)."""
     model, train, threshold = settings_for(det)
     try:
         return fit_model(rows, schema, model, train, threshold, trim_fraction=det.training.first_window_trim)
-    except (TrainingError, ValueError, KeyError) as exc:
+    except (TrainingError, ValueError, KeyError, RuntimeError) as exc:
         raise VigilError(f"training failed: {exc}") from exc
 
 
@@ -234,17 +256,21 @@ def evaluate_files(train_path: Path, test_path: Path, det: DetectorConfig | None
         settings = settings.model_copy(
             update={"threshold": settings.threshold.model_copy(update={"target_fpr": target_fpr})})
     rows = _training_rows(train, label, settings, train_path, notes)
+    frame = test
+    if reads_time(settings):        # TEST's first records of each key get their windows from TRAIN's records
+        rows, frame = with_context(rows, settings, train_path), with_context(test, settings, test_path)
+        frame = pd.concat([rows, frame], ignore_index=True)
     model = _fit(rows, schema, settings)
     try:
-        result = model.score(test)
+        result = model.score(frame)
     except (ValueError, KeyError) as exc:
         raise EvaluationInputError(test_path, f"cannot score it: {exc}") from None
+    scores, flags = result.scores[-len(test):], result.is_outlier[-len(test):]
     scored = test.copy()
-    scored["score"], scored["is_outlier"] = result.scores, result.is_outlier
+    scored["score"], scored["is_outlier"] = scores, flags
     quality = None
     if truth is not None:
-        quality = LabelledQuality(roc_auc(truth, result.scores), average_precision(truth, result.scores),
-                                  rates_at(truth, result.is_outlier))
+        quality = LabelledQuality(roc_auc(truth, scores), average_precision(truth, scores), rates_at(truth, flags))
     return Evaluation(scored, model, schema, f"detector {name!r}" if det is not None else "defaults",
                       len(train), len(rows), quality, notes)
 

@@ -31,6 +31,13 @@ model = {{ epochs = 5 }}
 [detectors.half]
 source = {{ type = "http" }}
 features = {{ cpu = "numeric", disk = "numeric" }}
+
+[detectors.seq]
+source = {{ type = "http" }}
+key_field = "host"
+features = {{ cpu = "numeric" }}
+model = {{ window = 4, epochs = 3, hidden = [8], latent = 2 }}
+training = {{ min_records = 100, first_window_trim = 0.0 }}
 """
 
 
@@ -159,6 +166,21 @@ def test_train_rows_labelled_anomalous_are_left_out_and_the_window_is_capped(tmp
     summary = result.summary()
     assert "30 TRAIN rows labelled 1 were left out" in summary
     assert "training.max_records" in summary
+
+
+def test_a_sequence_detector_reads_times_and_keys(files: tuple[Path, Path], tmp_path: Path) -> None:
+    train, test = files
+    config = load_config(config_file(tmp_path))
+    result = evaluate_files(train, test, config.detectors["seq"], "seq", label="label")
+    assert result.model.report["settings"]["model"]["window"] == 4
+    assert len(result.scores) == 300 and np.isfinite(result.scores["score"]).all()
+    assert list(result.scores.columns) == [*read_table(test).columns, "score", "is_outlier"]
+    assert result.quality is not None and result.quality.roc_auc > 0.6
+    no_time = tmp_path / "no_time.csv"
+    read_table(test).drop(columns=["ts"]).to_csv(no_time, index=False)
+    read_table(train).drop(columns=["ts"]).to_csv(tmp_path / "train_no_time.csv", index=False)
+    with pytest.raises(EvaluationInputError, match=r"the model reads time .* no 'ts' column"):
+        evaluate_files(tmp_path / "train_no_time.csv", no_time, config.detectors["seq"], "seq")
 
 
 def run_vigil(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
