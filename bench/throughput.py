@@ -786,6 +786,8 @@ def part_gpu(quick: bool) -> Section:
     if not torch.cuda.is_available():
         section = Section("4. GPU", "Mixed-precision training epoch on a CUDA device.", ("measure", "value"))
         section.rows.append(("no CUDA device: skipped", "-"))
+        if (REPO / "bench" / "results" / "throughput-h100.md").exists():
+            section.notes.append("- A run of this part on an H100: [throughput-h100.md](throughput-h100.md).")
         return section
     device = torch.device("cuda")
     n_rows, n_features = (1_000_000, 64) if quick else (10_000_000, 64)
