@@ -101,6 +101,18 @@ def fmt(value: float, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def revision() -> str:
+    """The commit measured, and whether the working tree's detector/, training/ or bench/ differ from it."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "detector", "training", "bench/throughput.py"],
+                               cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no git)"
+    return commit + (" with uncommitted changes in detector/, training/ or bench/throughput.py" if dirty else "")
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -931,7 +943,7 @@ def main() -> None:
         "# Throughput benchmark", "",
         f"Command: `{command.removeprefix('$ ')}` ({time.perf_counter() - started:.0f} s, "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC){' -- QUICK sizes, not the committed run' if args.quick else ''}.",
-        "", f"Machine: {machine()}.", "",
+        "", f"Commit: {revision()}.", "", f"Machine: {machine()}.", "",
         *[s.markdown() for s in sections],
     ]
     args.output.parent.mkdir(parents=True, exist_ok=True)
