@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -482,13 +482,6 @@ def _blend(
     return shares * score.unsqueeze(1)
 
 
-def _inverse_softplus(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """The x with softplus(x) = values (values > 0), stable for large and small values."""
-    v = np.maximum(np.asarray(values, dtype=np.float64), 1e-300)
-    out: npt.NDArray[np.float64] = v + np.log(-np.expm1(-v))
-    return out
-
-
 def _normalizer(values: Mapping[str, npt.NDArray[np.float64]]) -> dict[str, tuple[float, float, float]]:
     """Per component: (mean, std, eps) of log(value + eps) over held-out normal rows."""
     out = {}
@@ -617,20 +610,18 @@ def fit_model(
     if not 0.0 <= trim_fraction < 0.5:
         raise ValueError(f"trim_fraction must be in [0, 0.5), got {trim_fraction!r}")
     if trim_fraction > 0.0:
-        screen = fit_model(frame, schema, model, train, threshold, on_epoch)
+        # The screen scores by reconstruction error alone: a neighbour memory of a window with an
+        # incident holds the incident's own records, which then vouch for each other.
+        screen_model = replace(model, score="reconstruction") if model.score == "hybrid" else model
+        screen = fit_model(frame, schema, screen_model, train, replace(threshold, calibration_folds=1), on_epoch)
         scores = screen.score(frame).scores
         # Only clear outliers go: beyond q95 + TRIM_SPREADS * (q95 - q50) of the screening model's
         # held-out scores (quantiles that incidents in under 5 % of the window cannot move much), and at
         # most trim_fraction of the window. Trimming ordinary normal rows would cut the top of the
         # held-out distribution too, and the refitted threshold would flag more than target_fpr.
-        # A hybrid score is softplus of a mix of standardised logs, about normal: the rule applies to that
-        # mix (about 5 sigma); reconstruction errors are skewed and it applies to them as they are.
         val = screen.val_scores if screen.val_scores is not None else scores
-        scale = _inverse_softplus if screen.scoring.kind == "hybrid" else np.asarray
-        with np.errstate(divide="ignore"):
-            val_t, scores_t = scale(val), scale(scores)
-        q50, q95 = np.quantile(val_t, [0.5, 0.95])
-        far = scores_t > q95 + TRIM_SPREADS * (q95 - q50)
+        q50, q95 = np.quantile(val, [0.5, 0.95])
+        far = scores > q95 + TRIM_SPREADS * (q95 - q50)
         keep = ~far | (scores <= np.quantile(scores, 1.0 - trim_fraction))
         fitted = fit_model(frame[keep].reset_index(drop=True), schema, model, train, threshold, on_epoch)
         fitted.report["trimmed_rows"] = int(len(frame) - int(keep.sum()))

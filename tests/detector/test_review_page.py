@@ -70,7 +70,7 @@ def normal(n: int, start: datetime, seed: int, key: str | None = None) -> list[d
 
 
 def anomaly(ts: datetime, key: str, i: int = 0, **extra: Any) -> dict[str, Any]:
-    """CPU pegged and latency ten times the normal at low load: hundreds of times the threshold."""
+    """CPU pegged and latency ten times the normal at low load: over eight times the threshold."""
     return {"ts": ts.isoformat(), "host": key, "load": 0.3, "cpu": 99.0, "latency": 1500.0 + 10 * i,
             "region": "eu-west", "healthy": False, **extra}
 
@@ -293,11 +293,11 @@ def test_filter_open_dismiss_and_confirm_with_buttons(tab: Callable[..., Tab], s
     t.login(server.runtime.token)
     expect(page.locator("#token-state")).to_contain_text("set")
 
-    t.filter(key="db-1", min_ratio="10")
-    expect(t.rows()).to_have_count(3)                       # db-1's normal records fall under ratio 10
+    t.filter(key="db-1", min_ratio="5")
+    expect(t.rows()).to_have_count(3)                       # db-1's normal records fall under ratio 5
     expect(page.locator("#page-info")).to_have_text(f"1{DASH}3 of 3")
     expect(page.locator("#csv-link")).to_have_attribute(
-        "href", "/v1/outliers.csv?review_state=unreviewed&min_ratio=10&key=db-1")
+        "href", "/v1/outliers.csv?review_state=unreviewed&min_ratio=5&key=db-1")
     times = t.rows().locator("td.time").all_text_contents()
     assert times == sorted(times, reverse=True)               # newest first
     ids = t.row_ids()
@@ -348,7 +348,7 @@ def test_keyboard_review(tab: Callable[..., Tab], server: Server) -> None:
     page.keyboard.press("/")
     assert page.evaluate("document.activeElement.id") == "f-key"
     page.keyboard.type("db-2")
-    page.fill("#f-min-ratio", "10")
+    page.fill("#f-min-ratio", "5")
     page.keyboard.press("Enter")
     expect(t.rows()).to_have_count(3)
     ids = t.row_ids()
