@@ -75,14 +75,15 @@ def with_sequence_columns(frame: pd.DataFrame, ts: pd.Series[Any], keys: pd.Seri
 
 
 def run_vigil(det: DetectorConfig, fit_frame: pd.DataFrame, score_frame: pd.DataFrame) -> Run:
-    """Fit as the daemon fits a first model (settings_for, trimmed by training.first_window_trim); score."""
+    """Fit as the daemon fits a model on a screened window (settings_for; no first-window trim: the
+    protocol's training rows are all normal, as in a window earlier models already screened); score."""
     if sequence_window(det) > 1 and not hasattr(fit_module, "TS_COLUMN"):
         raise RuntimeError("this configuration sets model.window > 1, but training.fit has no TS_COLUMN "
                            "(sequence mode) yet")
     model, train, threshold = settings_for(det)
     started = time.perf_counter()
     fitted = fit_module.fit_model(fit_frame, det.feature_schema, model, train, threshold,
-                                  trim_fraction=det.training.first_window_trim)
+                                  trim_fraction=0.0)
     fit_s = time.perf_counter() - started
     started = time.perf_counter()
     result = fitted.score(score_frame)

@@ -97,10 +97,13 @@ def _protocol(args: argparse.Namespace, configs: Mapping[str, Any]) -> str:
         "the seeds.",
         f"* Vigil configurations (overrides of a detector's `model`/`threshold`/`training` sections, validated "
         f"by `detector.config` and turned into settings by `detector.trainer.settings_for`, as the daemon does): "
-        f"{overrides}. Each fits as the daemon fits a first model: `training.fit.fit_model` with "
-        "`trim_fraction = training.first_window_trim`, on raw (unscaled) features, its own validation split "
-        "(`model.validation_fraction`) for early stopping and the threshold. `model.seed` is the split's seed "
-        "unless a configuration sets it. Vigil's FPR is that of the threshold it fitted itself.",
+        f"{overrides}. Each fits as the daemon fits a model on a window earlier models screened: "
+        "`training.fit.fit_model` without the first-window trim (the protocol's training rows are all "
+        "normal; the daemon trims only its very first window, which no model screened), on raw (unscaled) "
+        "features, its own validation split (`model.validation_fraction`) for early stopping and the "
+        "threshold (a window of at most `threshold.fold_max_rows` rows calibrates on every row, scored out "
+        "of fold). `model.seed` is the split's seed unless a configuration sets it. Vigil's FPR is that of "
+        "the threshold it fitted itself.",
         f"* Tabular (protocol A of docs/BENCHMARKS.md), sets from `{DATA / 'tabular'}`: per seed the normal "
         f"rows are shuffled, {TRAIN_SHARE:.0%} are for training; the test set is the other normals plus every "
         "anomaly. Vigil trains on a seeded subsample of at most `training.max_records` (50,000 by default, the "
