@@ -9,10 +9,14 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from detector.api import create_app
 from detector.config import Config, load_config
 from detector.daemon import Runtime, build_runtime
+from detector.store.db import open_engine, session_factory, upgrade
+from detector.store.repository import Repository
 
 HTTP_DETECTOR = """
 [detectors.web]
@@ -92,3 +96,22 @@ def client(runtime: Runtime) -> Iterator[TestClient]:
 @pytest.fixture
 def auth(runtime: Runtime) -> dict[str, str]:
     return {"Authorization": f"Bearer {runtime.token}"}
+
+
+@pytest.fixture
+def engine(store_url: str) -> Iterator[Engine]:
+    """A migrated store (SQLite file and PostgreSQL, by `store_url`'s parameter)."""
+    engine = open_engine(store_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return session_factory(engine)
+
+
+@pytest.fixture
+def repo(sessions: sessionmaker[Session]) -> Repository:
+    return Repository(sessions)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -15,29 +14,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from detector.errors import StorageError
 from detector.records import Rejection, ValidRecord
-from detector.store.db import current_revision, head_revision, open_engine, session_factory, upgrade
+from detector.store.db import current_revision, head_revision, open_engine, upgrade
 from detector.store.repository import PendingRecord, Repository, ScoredRecord
 from detector.store.tables import Base, OutlierRow, RecordRow, RejectRow, UTCDateTime
 
 T0 = datetime(2025, 3, 3, 0, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def engine(store_url: str) -> Iterator[Engine]:
-    engine = open_engine(store_url)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return session_factory(engine)
-
-
-@pytest.fixture
-def repo(sessions: sessionmaker[Session]) -> Repository:
-    return Repository(sessions)
 
 
 def rec(minutes: float, load: float = 1.0, key: str | None = "web-1") -> ValidRecord:

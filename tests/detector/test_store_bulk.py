@@ -3,7 +3,6 @@ rows they write are the rows the ORM writes, and their failures surface as the O
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -13,29 +12,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from detector.errors import StorageError
 from detector.records import ValidRecord
-from detector.store.db import open_engine, session_factory, upgrade
 from detector.store.repository import PendingRecord, Repository, ScoredRecord
 from detector.store.tables import RecordRow
 
 T0 = datetime(2025, 3, 3, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def engine(store_url: str) -> Iterator[Engine]:
-    engine = open_engine(store_url)
-    upgrade(engine)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return session_factory(engine)
-
-
-@pytest.fixture
-def repo(sessions: sessionmaker[Session]) -> Repository:
-    return Repository(sessions)
 
 
 FIELDS = {"load": 0.5, "region": "eu", "healthy": None, "note": "caf\u00e9 \u2603", "count": 3}
