@@ -269,6 +269,7 @@ class ModelConfig(Section):
     window: int = Field(default=1, ge=1, le=1024)
     arch: Literal["conv", "lstm"] = "conv"
     time_features: bool = False
+    review_weight: float = Field(default=4.0, ge=0.0, le=100.0)
     loss: Literal["mse", "l1", "bce"] = "mse"
     epochs: int = Field(default=100, gt=0)
     batch_size: int = Field(default=256, gt=0)

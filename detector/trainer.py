@@ -52,7 +52,8 @@ def settings_for(det: DetectorConfig) -> tuple[ModelSettings, TrainSettings, Thr
         noise=m.noise, noise_level=m.noise_level, sparsity=m.sparsity, sparsity_weight=m.sparsity_weight,
         sparsity_target=m.sparsity_target, contractive_weight=m.contractive_weight, beta=m.beta,
         scaling=m.scaling, score=m.score, neighbors=m.neighbors, memory_size=m.memory_size,
-        weights=m.score_weights, window=m.window, arch=m.arch, time_features=m.time_features)
+        weights=m.score_weights, window=m.window, arch=m.arch, time_features=m.time_features,
+        review_weight=m.review_weight)
     train = TrainSettings(
         epochs=m.epochs, batch_size=m.batch_size, learning_rate=m.learning_rate, weight_decay=m.weight_decay,
         patience=m.patience, validation_fraction=m.validation_fraction, seed=m.seed, loss=m.loss,
@@ -162,6 +163,22 @@ class Trainer:
                 return "this schedule slot was already trained (by this or another instance)"
         return None
 
+    def _confirmed(self, name: str, det: DetectorConfig) -> pd.DataFrame | None:
+        """The records of outliers people confirmed, oldest first, for a point-wise hybrid model to remember."""
+        m = det.model
+        if m.review_weight == 0 or m.score != "hybrid" or m.window > 1 or m.time_features:
+            return None
+        reviewed = self._vigil.repo.reviews.reviewed_fields(name)
+        fields = [f for verdict, f in reversed(reviewed) if verdict == "confirmed"]
+        if not fields:
+            return None
+        now = datetime.now(UTC)
+        try:
+            return records_frame([PendingRecord(i, now, None, f) for i, f in enumerate(fields)], det.feature_schema)
+        except (KeyError, ValueError) as exc:     # verdicts on records of an older schema
+            logger.warning("confirmed outliers not used", extra={"detector": name, "error": str(exc)})
+            return None
+
     def _tune_with_reviews(self, name: str, det: DetectorConfig, fitted: FittedModel) -> None:
         """With enough verdicts, move the threshold to the best F1 on reviewed outliers within the FP budget."""
         review = det.review
@@ -244,8 +261,8 @@ class Trainer:
         try:
             if det.model.window > 1 or det.model.time_features:   # sequence models read times and keys
                 frame = records_frame(records, det.feature_schema, context=True)
-            fitted = fit_model(frame, det.feature_schema, model_settings,
-                               train_settings, threshold_settings, on_epoch=hook, trim_fraction=trim)
+            fitted = fit_model(frame, det.feature_schema, model_settings, train_settings, threshold_settings,
+                               on_epoch=hook, trim_fraction=trim, confirmed=self._confirmed(name, det))
         except (TrainingError, TrainingAborted, ValueError, KeyError, RuntimeError) as exc:
             message = f"{exc.__class__.__name__}: {exc}"
             vigil.repo.finish_training_run(run_id, "failed", message, n_records=len(records),

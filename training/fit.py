@@ -32,7 +32,7 @@ from training.loop import (
     resolve_device,
     train_autoencoder,
 )
-from training.memory import NeighborMemory
+from training.memory import NeighborMemory, nearest_distance
 from training.model import Activation, Arch, AutoencoderSpec, DenseAutoencoder, NoiseKind, SparsityKind, Variant
 from training.preprocess import Preprocessor, Scaling
 from training.schema import Schema
@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 TRIM_SPREADS = 2.0         # first-window trim: how far beyond the held-out 95th percentile a row must score
 OUT_OF_RANGE_SPANS = 0.5   # a value beyond the training range by more than half its width is out of range
+MAX_INCIDENTS = 5000       # confirmed outliers a hybrid model remembers (the newest ones when there are more)
 
 
 ScoreKind = Literal["hybrid", "reconstruction", "elbo"]
@@ -74,6 +75,9 @@ class ModelSettings:
     0.7 for a typical normal row and about the number of standard deviations above normal for an
     unusual one. `window` > 1 is sequence mode (`arch` "conv" or "lstm"); `time_features`
     adds the hour of day and day of week of each record's timestamp as inputs.
+    `review_weight` (hybrid, point-wise): when the fit is given outliers people confirmed, a record
+    nearer to one of them than to its normal neighbours scores higher by review_weight * log(distance
+    to its normal neighbours / distance to the nearest confirmed outlier); 0 turns it off.
     """
 
     hidden: tuple[int, ...] = (64, 32)
@@ -96,6 +100,7 @@ class ModelSettings:
     window: int = 1
     arch: Arch = "dense"
     time_features: bool = False
+    review_weight: float = 4.0
 
     def __post_init__(self) -> None:
         if self.score not in SCORE_KINDS:
@@ -108,6 +113,8 @@ class ModelSettings:
             raise ValueError(f"ModelSettings.weights must be 3 non-negative numbers, not all 0, got {self.weights!r}")
         if self.window < 1:
             raise ValueError(f"ModelSettings.window must be >= 1, got {self.window}")
+        if not self.review_weight >= 0:
+            raise ValueError(f"ModelSettings.review_weight must be >= 0, got {self.review_weight!r}")
         arch = "dense" if self.window == 1 else self.arch
         if arch == "dense" and self.window > 1:
             raise ValueError("ModelSettings.window > 1 needs arch 'conv' or 'lstm'")
@@ -149,11 +156,13 @@ class Scoring:
     normalizer: dict[str, tuple[float, float, float]] | None = None
     time_features: bool = False
     window: int = 1
+    # how much being nearer to a confirmed outlier than to normal neighbours adds (hybrid; 0: off)
+    review_weight: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "weights": list(self.weights), "neighbors": self.neighbors,
                 "normalizer": None if self.normalizer is None else {k: list(v) for k, v in self.normalizer.items()},
-                "time_features": self.time_features, "window": self.window}
+                "time_features": self.time_features, "window": self.window, "review_weight": self.review_weight}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Scoring:
@@ -167,7 +176,8 @@ class Scoring:
         return cls(kind=kind, weights=(weights[0], weights[1], weights[2]), neighbors=int(d["neighbors"]),
                    normalizer=None if normalizer is None else {
                        str(k): (float(v[0]), float(v[1]), float(v[2])) for k, v in dict(normalizer).items()},
-                   time_features=bool(d.get("time_features", False)), window=int(d.get("window", 1)))
+                   time_features=bool(d.get("time_features", False)), window=int(d.get("window", 1)),
+                   review_weight=float(d.get("review_weight", 0.0)))
 
 
 def min_rows_for(n_columns: int) -> int:
@@ -239,6 +249,7 @@ class FittedModel:
         ranges: Mapping[str, tuple[float, float]] | None = None,
         scoring: Scoring | None = None,
         memory: NeighborMemory | None = None,
+        incidents: torch.Tensor | None = None,
     ) -> None:
         self.schema = schema
         self.preprocessor = preprocessor
@@ -252,6 +263,8 @@ class FittedModel:
         if self.scoring.kind == "hybrid" and (memory is None or self.scoring.normalizer is None):
             raise ValueError("a hybrid model needs a neighbour memory and a normalizer")
         self.memory = memory
+        # network inputs of outliers people confirmed [m, n_inputs] (hybrid scoring with review_weight > 0)
+        self.incidents = incidents if incidents is not None and incidents.shape[0] > 0 else None
         # held-out normal scores of the run that fitted the threshold (kept in memory, not in the artifact)
         self.val_scores: npt.NDArray[np.float64] | None = None
 
@@ -327,6 +340,8 @@ class FittedModel:
         extra = None
         if self.memory is not None:
             extra = {MEMORY_BANK: self.memory.bank, MEMORY_KDIST: self.memory.kdist}
+            if self.incidents is not None:
+                extra[INCIDENTS] = self.incidents
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -368,7 +383,7 @@ class FittedModel:
             )
         if (loss == "bce") != (spec.output == "sigmoid"):
             raise ArtifactError(f"loss {loss!r} does not fit a spec with output {spec.output!r}")
-        network, extra = network_from_bytes(weights, spec, optional=(MEMORY_BANK, MEMORY_KDIST))
+        network, extra = network_from_bytes(weights, spec, optional=(MEMORY_BANK, MEMORY_KDIST, INCIDENTS))
         memory = None
         if scoring.kind == "hybrid":
             if MEMORY_BANK not in extra or MEMORY_KDIST not in extra or scoring.normalizer is None:
@@ -380,13 +395,18 @@ class FittedModel:
                 memory = NeighborMemory(bank, kdist, scoring.neighbors)
             except ValueError as exc:
                 raise ArtifactError(f"bad neighbour memory: {exc}") from exc
+        incidents = extra.get(INCIDENTS)
+        if incidents is not None and (incidents.ndim != 2 or incidents.shape[1] != spec.n_inputs):
+            raise ArtifactError(
+                f"confirmed outliers have shape {tuple(incidents.shape)}, expected [m, {spec.n_inputs}]")
         ranges = {str(k): (float(v[0]), float(v[1])) for k, v in dict(meta.get("ranges") or {}).items()}
         return cls(schema, preprocessor, spec, loss, threshold, network, dict(meta["report"]), ranges,
-                   scoring, memory)
+                   scoring, memory, incidents)
 
 
 MEMORY_BANK = "__memory__.bank"
 MEMORY_KDIST = "__memory__.kdist"
+INCIDENTS = "__memory__.confirmed"
 
 
 @dataclass(frozen=True)
@@ -441,7 +461,10 @@ def _score_parts(model: FittedModel, x: npt.NDArray[np.float32], batch_size: int
                     raise ArtifactError("a hybrid model needs a neighbour memory and a normalizer")
                 near = memory.query(_memory_view(xb, spec.window))
                 values = {"reconstruction": rec, "distance": near.distance.double(), "density": near.density.double()}
-                score, z = _combine(values, scoring)
+                affinity = None
+                if model.incidents is not None and scoring.review_weight > 0:
+                    affinity = _review_affinity(values["distance"], nearest_distance(xb, model.incidents), scoring)
+                score, z = _combine(values, scoring, affinity)
                 diff = (xb[:, last:] - near.neighbour_mean[:, last:])[:, :n_cols].square() @ features
                 contrib = _blend(score, z, scoring.weights, per_feature.double(), diff.double())
                 if comps is not None:
@@ -452,8 +475,19 @@ def _score_parts(model: FittedModel, x: npt.NDArray[np.float32], batch_size: int
     return _Parts(scores, contributions, recon_out, comps)
 
 
-def _combine(values: Mapping[str, torch.Tensor], scoring: Scoring) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """softplus of the weighted mean of the log-standardised components; and each component's z."""
+def _review_affinity(distance: torch.Tensor, to_incident: torch.Tensor, scoring: Scoring) -> torch.Tensor:
+    """max(0, log(distance to the normal neighbours / distance to the nearest confirmed outlier))."""
+    if scoring.normalizer is None:
+        raise ValueError("hybrid scoring needs a normalizer")
+    eps = scoring.normalizer["distance"][2]
+    return torch.log((distance + eps) / (to_incident.double() + eps)).clamp_min(0.0)
+
+
+def _combine(
+    values: Mapping[str, torch.Tensor], scoring: Scoring, affinity: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """softplus of the weighted mean of the log-standardised components (plus review_weight times the
+    affinity to confirmed outliers, when given); and each component's z."""
     if scoring.normalizer is None:
         raise ValueError("hybrid scoring needs a normalizer")
     z: dict[str, torch.Tensor] = {}
@@ -463,6 +497,8 @@ def _combine(values: Mapping[str, torch.Tensor], scoring: Scoring) -> tuple[torc
         z[name] = (torch.log(values[name] + eps) - mean) / std
         total = total + weight * z[name]
     mixed = total / sum(scoring.weights)
+    if affinity is not None:
+        mixed = mixed + scoring.review_weight * affinity
     return torch.nn.functional.softplus(mixed), z
 
 
@@ -549,7 +585,7 @@ def _calibration(
 
 def _hybrid_fit(
     x: npt.NDArray[np.float32], rows: npt.NDArray[np.intp], base: npt.NDArray[np.float64], model: ModelSettings,
-    seed: int,
+    seed: int, incidents: torch.Tensor | None = None,
 ) -> tuple[Scoring, NeighborMemory, npt.NDArray[np.float64]]:
     """Build the neighbour memory and normalizer; returns them and the calibration rows' hybrid scores.
 
@@ -574,9 +610,18 @@ def _hybrid_fit(
                                 torch.from_numpy(position[rows]))
     values = {"reconstruction": base, "distance": near.distance.double().numpy(),
               "density": near.density.double().numpy()}
+    review_weight = model.review_weight if incidents is not None else 0.0
     scoring = Scoring(kind="hybrid", weights=model.weights, neighbors=memory.k, normalizer=_normalizer(values),
-                      time_features=model.time_features, window=model.window)
-    score, _ = _combine({k: torch.from_numpy(np.asarray(v)) for k, v in values.items()}, scoring)
+                      time_features=model.time_features, window=model.window, review_weight=review_weight)
+    tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in values.items()}
+    affinity = None
+    if incidents is not None and review_weight > 0:
+        # the threshold is fitted with the confirmed outliers in place: a normal row that happens to lie
+        # nearer to one of them than to its neighbours moves the threshold, not the false-positive rate
+        with torch.inference_mode():
+            to_incident = nearest_distance(torch.from_numpy(np.ascontiguousarray(x[rows])), incidents)
+        affinity = _review_affinity(tensors["distance"], to_incident, scoring)
+    score, _ = _combine(tensors, scoring, affinity)
     return scoring, memory, score.numpy()
 
 
@@ -599,6 +644,7 @@ def fit_model(
     threshold: ThresholdSettings = ThresholdSettings(),
     on_epoch: Callable[[EpochStats], None] | None = None,
     trim_fraction: float = 0.0,
+    confirmed: pd.DataFrame | None = None,
 ) -> FittedModel:
     """Fit preprocessing on `frame`, train the autoencoder, fit the threshold on held-out scores.
 
@@ -606,6 +652,9 @@ def fit_model(
     `trim_fraction` highest-scoring rows (the likely incidents of a window no model has screened
     yet) are dropped, and the model is fitted again, from scratch, on the rest. Sequence mode and
     time features read the frame's TS_COLUMN (and KEY_COLUMN when there are several series).
+    `confirmed` holds records people confirmed as real outliers: a point-wise hybrid model with
+    `model.review_weight` > 0 remembers (the newest MAX_INCIDENTS of) them and scores records that
+    resemble them higher (see ModelSettings).
     """
     if not 0.0 <= trim_fraction < 0.5:
         raise ValueError(f"trim_fraction must be in [0, 0.5), got {trim_fraction!r}")
@@ -623,7 +672,8 @@ def fit_model(
         q50, q95 = np.quantile(val, [0.5, 0.95])
         far = scores > q95 + TRIM_SPREADS * (q95 - q50)
         keep = ~far | (scores <= np.quantile(scores, 1.0 - trim_fraction))
-        fitted = fit_model(frame[keep].reset_index(drop=True), schema, model, train, threshold, on_epoch)
+        fitted = fit_model(frame[keep].reset_index(drop=True), schema, model, train, threshold, on_epoch,
+                           confirmed=confirmed)
         fitted.report["trimmed_rows"] = int(len(frame) - int(keep.sum()))
         fitted.report["n_rows_before_trim"] = len(frame)
         return fitted
@@ -661,20 +711,39 @@ def fit_model(
     outcome = train_autoencoder(x, spec, train, on_epoch, holdout=holdout)
     rows, base = _calibration(x, outcome, spec, schema, preprocessor, model.score, train, threshold, on_epoch)
     memory = None
+    incidents = _incidents(confirmed, preprocessor, model)
     if model.score == "hybrid":
-        scoring, memory, val_scores = _hybrid_fit(x, rows, base, model, train.seed)
+        scoring, memory, val_scores = _hybrid_fit(x, rows, base, model, train.seed, incidents)
     else:
         scoring = Scoring(kind=model.score, weights=model.weights, neighbors=model.neighbors,
                           time_features=model.time_features, window=model.window)
         val_scores = base
     fitted_threshold = fit_threshold(val_scores, threshold.method, threshold.target_fpr, threshold.k)
     report = _report(outcome, fitted_threshold, model, train, threshold, n_rows=len(frame), val=val_scores)
+    if scoring.review_weight == 0:
+        incidents = None
     report["scoring"] = {"kind": scoring.kind, "weights": list(scoring.weights),
-                         "memory_rows": 0 if memory is None else int(memory.bank.shape[0])}
+                         "memory_rows": 0 if memory is None else int(memory.bank.shape[0]),
+                         "confirmed_outliers": 0 if incidents is None else int(incidents.shape[0]),
+                         "review_weight": scoring.review_weight}
     fitted = FittedModel(schema, preprocessor, spec, train.loss, fitted_threshold, outcome.model, report,
-                         _numeric_ranges(frame, schema), scoring, memory)
+                         _numeric_ranges(frame, schema), scoring, memory, incidents)
     fitted.val_scores = np.asarray(val_scores, dtype=np.float64)
     return fitted
+
+
+def _incidents(
+    confirmed: pd.DataFrame | None, preprocessor: Preprocessor, model: ModelSettings
+) -> torch.Tensor | None:
+    """Network inputs of the newest MAX_INCIDENTS confirmed outliers, or None when they are not used:
+    none given, review_weight 0, a score other than hybrid, or sequence mode (a confirmed record's
+    window is not at hand)."""
+    if confirmed is None or len(confirmed) == 0 or model.review_weight == 0:
+        return None
+    if model.score != "hybrid" or model.window > 1:
+        return None
+    rows = confirmed.iloc[-MAX_INCIDENTS:].reset_index(drop=True)
+    return torch.from_numpy(_network_inputs(rows, preprocessor, model))
 
 
 def _numeric_ranges(frame: pd.DataFrame, schema: Schema) -> dict[str, tuple[float, float]]:

@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-__all__ = ["NeighborMemory", "NeighborResult"]
+__all__ = ["NeighborMemory", "NeighborResult", "nearest_distance"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,3 +105,19 @@ class NeighborMemory:
         bank = self.bank if self.bank.device == q.device else self.bank.to(q.device)
         density = dist[:, -1] / kdist[idx].mean(dim=1).clamp_min(self._kdist_floor)
         return NeighborResult(dist.mean(dim=1), density, bank[idx].mean(dim=1))
+
+
+def nearest_distance(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Distance [n] from each row of `q` [n, d] to its nearest row of `bank` [m, d] (m >= 1)."""
+    if bank.ndim != 2 or bank.shape[0] == 0 or q.shape[1] != bank.shape[1]:
+        raise ValueError(f"bank must be [m >= 1, {q.shape[1]}], got {tuple(bank.shape)}")
+    q = q.float()
+    bank = bank.to(device=q.device, dtype=torch.float32)
+    bank_t, bank_sq = bank.T.contiguous(), bank.square().sum(dim=1)
+    step = max(1, min(512, _CHUNK_ELEMENTS // bank.shape[0]))
+    out = []
+    for start in range(0, len(q), step):
+        qb = q[start : start + step]
+        partial = torch.addmm(bank_sq, qb, bank_t, alpha=-2.0).amin(dim=1)
+        out.append((partial + qb.square().sum(dim=1)).clamp_min(0.0).sqrt())
+    return torch.cat(out) if out else torch.empty(0, device=q.device)

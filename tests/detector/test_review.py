@@ -69,6 +69,8 @@ def test_dismissed_pattern_is_learnt_and_confirmed_one_still_flagged(runtime: Ru
     assert outcome.result == "success"
     tuning = runtime.vigil.repo.active_model("web", with_weights=False).meta["report"].get("review_tuning")
     assert tuning is not None and tuning["confirmed"] == len(confirm) and tuning["dismissed"] == len(dismiss)
+    scoring = runtime.vigil.repo.active_model("web", with_weights=False).meta["report"]["scoring"]
+    assert scoring["confirmed_outliers"] == len(confirm) and scoring["review_weight"] == 4.0
 
     again = T0 + timedelta(days=2)
     runtime.vigil.ingest("web", new_region(30, 4, again) + broken_cpu(30, 5, again + timedelta(hours=1)), "http")
