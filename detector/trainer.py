@@ -195,7 +195,8 @@ class Trainer:
             return
         now = datetime.now(UTC)
         reviewed_records = [PendingRecord(i, now, None, f) for i, f in enumerate(confirmed + dismissed)]
-        scores = fitted.score(records_frame(reviewed_records, det.feature_schema)).scores
+        # scored without the confirmed outliers the model remembers: each would be its own nearest one
+        scores = fitted.score(records_frame(reviewed_records, det.feature_schema), reviews=False).scores
         tuned, summary = tune_with_reviews(fitted.threshold, fitted.val_scores, scores[: len(confirmed)],
                                            scores[len(confirmed):], det.threshold.target_fpr * review.max_fpr_factor)
         fitted.threshold = tuned

@@ -298,17 +298,18 @@ class FittedModel:
 
     def score(
         self, frame: pd.DataFrame, batch_size: int = 8192, device: str | torch.device = "cpu",
-        history: pd.DataFrame | None = None,
+        history: pd.DataFrame | None = None, reviews: bool = True,
     ) -> ScoreResult:
         """Score every row of `frame` (columns must include the schema's features; KeyError otherwise).
 
         A score that is NaN (only possible for inputs beyond float32 range) is reported as +inf, so the
         record counts as an outlier instead of silently passing. Contributions split each score over
-        the features; `expected` is the autoencoder's reconstruction.
+        the features; `expected` is the autoencoder's reconstruction. `reviews=False` leaves the
+        confirmed outliers out of the score (to score those same outliers without their own echo).
         """
         x = self.inputs(frame, history)
         target = device if isinstance(device, torch.device) else resolve_device(device)
-        parts = _score_parts(self, x, batch_size, target)
+        parts = _score_parts(self, x, batch_size, target, reviews)
         scores = np.where(np.isnan(parts.scores), np.inf, parts.scores)
         return ScoreResult(
             out_of_range=self.out_of_range(frame),
@@ -426,7 +427,9 @@ def _feature_matrix(model: FittedModel, device: torch.device) -> torch.Tensor:
     return m
 
 
-def _score_parts(model: FittedModel, x: npt.NDArray[np.float32], batch_size: int, device: torch.device) -> _Parts:
+def _score_parts(
+    model: FittedModel, x: npt.NDArray[np.float32], batch_size: int, device: torch.device, reviews: bool = True,
+) -> _Parts:
     """Scores, per-feature contributions and reconstructions of network inputs `x`, batch by batch."""
     net = model.network if device.type == "cpu" else copy.deepcopy(model.network).to(device)
     memory = model.memory.to(device) if model.memory is not None else None
@@ -462,7 +465,7 @@ def _score_parts(model: FittedModel, x: npt.NDArray[np.float32], batch_size: int
                 near = memory.query(_memory_view(xb, spec.window))
                 values = {"reconstruction": rec, "distance": near.distance.double(), "density": near.density.double()}
                 affinity = None
-                if model.incidents is not None and scoring.review_weight > 0:
+                if reviews and model.incidents is not None and scoring.review_weight > 0:
                     affinity = _review_affinity(values["distance"], nearest_distance(xb, model.incidents), scoring)
                 score, z = _combine(values, scoring, affinity)
                 diff = (xb[:, last:] - near.neighbour_mean[:, last:])[:, :n_cols].square() @ features

@@ -50,6 +50,8 @@ def test_records_like_a_confirmed_outlier_score_higher(models: tuple[FittedModel
     before, after = plain.score(same_kind).scores, reviewed.score(same_kind).scores
     assert np.all(after >= before - 1e-9)
     assert np.median(after - before) > 1.0
+    # scored without them, the same model gives the scores of one fitted without reviews
+    assert np.allclose(reviewed.score(same_kind, reviews=False).scores, before)
     # the incident kind is found more often at the refitted threshold
     assert np.mean(after > reviewed.threshold.value) > np.mean(before > plain.threshold.value)
 
