@@ -34,7 +34,7 @@ from training.loop import (
 )
 from training.memory import NeighborMemory, nearest_distance
 from training.model import Activation, Arch, AutoencoderSpec, DenseAutoencoder, NoiseKind, SparsityKind, Variant
-from training.preprocess import Preprocessor, Scaling
+from training.preprocess import Preprocessor, Scaling, numeric_block
 from training.schema import Schema
 from training.sequence import KEY_COLUMN, TIME_FEATURES, TS_COLUMN, time_features, windows
 from training.thresholds import THRESHOLD_METHODS, Threshold, ThresholdMethod, fit_threshold
@@ -326,6 +326,15 @@ class FittedModel:
     def out_of_range(self, frame: pd.DataFrame) -> npt.NDArray[np.bool_]:
         """[n, n_features]: numeric values more than OUT_OF_RANGE_SPANS training ranges beyond its edges."""
         mask = np.zeros((len(frame), len(self.schema.features)), dtype=bool)
+        checked = [(j, name) for j, name in enumerate(self.schema.names) if name in self.ranges]
+        block = numeric_block(frame, [name for _, name in checked])
+        if block is not None:               # plain numeric columns: one comparison for the whole block
+            lows = np.array([self.ranges[name][0] for _, name in checked])
+            highs = np.array([self.ranges[name][1] for _, name in checked])
+            margins = OUT_OF_RANGE_SPANS * np.maximum(np.maximum(highs - lows, np.abs(highs) * 1e-6), 1e-12)
+            with np.errstate(invalid="ignore"):
+                mask[:, [j for j, _ in checked]] = (block < lows - margins) | (block > highs + margins)
+            return mask
         for j, name in enumerate(self.schema.names):
             if name not in self.ranges:
                 continue
@@ -418,13 +427,20 @@ class _Parts:
     components: dict[str, npt.NDArray[np.float64]] | None
 
 
-def _feature_matrix(model: FittedModel, device: torch.device) -> torch.Tensor:
-    """[scored columns, n_features] 0/1: which encoded column of the scored record belongs to which feature."""
+def _feature_matrix(model: FittedModel, device: torch.device) -> torch.Tensor | None:
+    """[scored columns, n_features] 0/1: which encoded column of the scored record belongs to which
+    feature; None when that is the identity (one column per feature, in order)."""
     pre = model.preprocessor
+    if pre.n_columns == len(model.schema.features):
+        return None
     m = torch.zeros((pre.n_columns, len(model.schema.features)), device=device)
     for j, name in enumerate(model.schema.names):
         m[pre.feature_slices[name], j] = 1.0
     return m
+
+
+def _per_feature(values: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
+    return values if features is None else values @ features
 
 
 def _score_parts(
@@ -449,7 +465,7 @@ def _score_parts(
             own_x, own_r = xb[:, last : last + n_cols], rb[:, last : last + n_cols]
             elem = (own_r - own_x).abs() if model.loss == "l1" else (own_r - own_x).square()
             rec = elem.double().mean(dim=1)
-            per_feature = elem @ features                                    # [b, n_features]
+            per_feature = _per_feature(elem, features)                       # [b, n_features]
             end = start + len(xb)
             recon_out[start:end] = own_r.float().cpu().numpy()
             if scoring.kind == "reconstruction":
@@ -468,7 +484,7 @@ def _score_parts(
                 if reviews and model.incidents is not None and scoring.review_weight > 0:
                     affinity = _review_affinity(values["distance"], nearest_distance(xb, model.incidents), scoring)
                 score, z = _combine(values, scoring, affinity)
-                diff = (xb[:, last:] - near.neighbour_mean[:, last:])[:, :n_cols].square() @ features
+                diff = _per_feature((xb[:, last:] - near.neighbour_mean[:, last:])[:, :n_cols].square(), features)
                 contrib = _blend(score, z, scoring.weights, per_feature.double(), diff.double())
                 if comps is not None:
                     for name in COMPONENTS:

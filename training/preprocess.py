@@ -14,7 +14,7 @@ import pandas as pd
 from training._columns import boolean_values, category_values, numeric_values, take_column
 from training.schema import Feature, Schema
 
-__all__ = ["MISSING", "OTHER", "UNSEEN", "Preprocessor", "Scaling"]
+__all__ = ["MISSING", "OTHER", "UNSEEN", "Preprocessor", "Scaling", "numeric_block"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,18 @@ MISSING = "__missing__"
 NUMERIC_CLIP = 1e6
 
 Scaling = Literal["robust", "standard"]
+
+
+def numeric_block(frame: pd.DataFrame, names: list[str]) -> npt.NDArray[np.float64] | None:
+    """Columns `names` of `frame` as one float64 array [n, len(names)] when each is a plain numpy
+    numeric column (NaN stays NaN; always a copy); None when one is missing, duplicated or of another type."""
+    columns = frame.columns
+    if not names or not columns.is_unique or int(columns.isin(names).sum()) != len(names):
+        return None
+    part = frame if list(columns) == names else frame[names]
+    if not all(isinstance(t, np.dtype) and t.kind in "fiu" for t in part.dtypes):
+        return None
+    return part.to_numpy(dtype=np.float64, copy=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +134,14 @@ class Preprocessor:
             start = len(self.columns)
             self.columns += _feature_columns(feature, self._states[feature.name])
             self.feature_slices[feature.name] = slice(start, len(self.columns))
+        # Required numeric features are encoded as one block (one column each): their names, encoded
+        # column positions and scaling as arrays.
+        plain = [f.name for f in schema.features if isinstance(self._states[f.name], _Numeric) and not f.optional]
+        self._plain_names = plain
+        self._plain_columns = np.array([self.feature_slices[n].start for n in plain], dtype=np.intp)
+        numeric_states = [self._states[n] for n in plain]
+        self._plain_center = np.array([st.center for st in numeric_states if isinstance(st, _Numeric)])
+        self._plain_scale = np.array([st.scale for st in numeric_states if isinstance(st, _Numeric)])
 
     @property
     def n_columns(self) -> int:
@@ -159,10 +179,32 @@ class Preprocessor:
         """Encode `frame` into shape [n, n_columns]. KeyError for a missing feature column."""
         n = len(frame)
         out = np.zeros((n, self.n_columns), dtype=np.float32)
+        done = set()
+        block = self._plain_block(frame)
+        if block is not None:
+            with np.errstate(over="ignore"):
+                block -= self._plain_center         # the block is a fresh copy: scaled in place
+                block /= self._plain_scale
+            np.clip(block, -NUMERIC_CLIP, NUMERIC_CLIP, out=block)
+            if len(self._plain_names) == self.n_columns:     # numeric only: the block is the output
+                return block.astype(np.float32)
+            out[:, self._plain_columns] = block
+            done = set(self._plain_names)
         for f in self.schema.features:
-            block = self._encode(f, take_column(frame, f.name))
-            out[:, self.feature_slices[f.name]] = block
+            if f.name not in done:
+                out[:, self.feature_slices[f.name]] = self._encode(f, take_column(frame, f.name))
         return out
+
+    def _plain_block(self, frame: pd.DataFrame) -> npt.NDArray[np.float64] | None:
+        """The required numeric features of `frame` as one float64 block [n, k], when every one of them
+        is a numeric column with finite values; None otherwise (the column-by-column path then reads
+        them, and names the feature at fault)."""
+        if len(self._plain_names) < 2:
+            return None
+        block = numeric_block(frame, self._plain_names)
+        if block is None or not np.isfinite(block).all():
+            return None
+        return block
 
     def _encode(self, f: Feature, column: pd.Series[Any]) -> npt.NDArray[np.float64]:
         state = self._states[f.name]
@@ -218,6 +260,9 @@ class Preprocessor:
         if recon.ndim != 2 or recon.shape[1] != self.n_columns:
             raise ValueError(f"expected reconstructions of shape [n, {self.n_columns}], got {recon.shape}")
         decoded: dict[str, Any] = {}
+        if len(self._plain_names) == len(self.schema.features):      # numeric only: one block
+            values = recon[:, self._plain_columns].astype(np.float64) * self._plain_scale + self._plain_center
+            return pd.DataFrame(values, columns=self.schema.names)
         for f in self.schema.features:
             block = recon[:, self.feature_slices[f.name]].astype(np.float64)
             state = self._states[f.name]

@@ -257,3 +257,18 @@ def test_large_windows_calibrate_on_the_validation_split_small_ones_on_every_row
     assert every.threshold.n_holdout == 400
     assert split.threshold.n_holdout == single.threshold.n_holdout == split.report["n_val"] == 80
     assert split.threshold.value == single.threshold.value
+
+
+def test_out_of_range_marks_the_same_cells_on_the_block_and_column_paths() -> None:
+    schema = Schema(tuple(Feature(f"n{i}", "numeric") for i in range(4)))
+    rng = np.random.default_rng(11)
+    train = pd.DataFrame(rng.uniform(0, 10, size=(200, 4)), columns=schema.names)
+    model = fit_model(train, schema, ModelSettings(score="reconstruction"), FAST)
+    probe = pd.DataFrame(rng.uniform(0, 10, size=(6, 4)), columns=schema.names)
+    probe.loc[1, "n0"] = 16.0          # beyond the range by more than half its width
+    probe.loc[2, "n3"] = -6.0
+    probe.loc[4, "n2"] = 14.0          # beyond, but within half a width: not marked
+    fast = model.out_of_range(probe)
+    slow = model.out_of_range(probe.astype({"n1": object}))
+    np.testing.assert_array_equal(fast, slow)
+    assert sorted(zip(*np.nonzero(fast), strict=True)) == [(1, 0), (2, 3)]

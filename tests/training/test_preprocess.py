@@ -193,3 +193,28 @@ def test_transform_is_vectorised() -> None:
     pre.transform(frame)
     pre.unseen_mask(frame)
     assert time.perf_counter() - started < 2.0
+
+
+def test_numeric_block_path_matches_the_column_path_and_leaves_the_frame_alone() -> None:
+    rng = np.random.default_rng(4)
+    schema = Schema(tuple(Feature(f"n{i}", "numeric") for i in range(5)) + (Feature("opt", "numeric", optional=True),))
+    frame = pd.DataFrame(rng.normal(size=(200, 5)) * 10, columns=[f"n{i}" for i in range(5)])
+    frame["opt"] = np.where(rng.random(200) < 0.1, np.nan, rng.normal(size=200))
+    frame.loc[3, "n2"] = 1e12                                    # clipped on both paths
+    pre = Preprocessor.fit(frame, schema)
+    before = frame.copy()
+    fast = pre.transform(frame)                                  # plain numeric columns: one block
+    pd.testing.assert_frame_equal(frame, before)
+    slow = pre.transform(frame.astype({"n0": object}))          # an object column: column by column
+    np.testing.assert_array_equal(fast, slow)
+    numeric_only = Schema(schema.features[:5])
+    pre5 = Preprocessor.fit(frame, numeric_only)
+    np.testing.assert_array_equal(pre5.transform(frame), pre5.transform(frame.astype({"n4": object})))
+    decoded = pre5.decode(pre5.transform(frame))
+    assert list(decoded.columns) == numeric_only.names
+    np.testing.assert_allclose(decoded["n1"], frame["n1"], rtol=1e-5, atol=1e-4)
+    # a missing required value still names its feature
+    broken = frame.copy()
+    broken.loc[7, "n3"] = np.nan
+    with pytest.raises(ValueError, match="'n3'"):
+        pre.transform(broken)
