@@ -55,3 +55,17 @@ def test_sequence_models_train_on_cuda(arch: str) -> None:
     tail.loc[150, "v"] += 3.0
     scores = model.score(tail).scores
     assert int(np.argmax(scores)) == 150
+
+
+def test_confirmed_outliers_score_the_same_on_cuda() -> None:
+    frame = _frame(2000, 3)
+    confirmed = _frame(12, 4)
+    confirmed["y"] -= 1.5                                                 # one kind of incident
+    model = fit_model(frame, Schema.infer(frame), ModelSettings(hidden=(32, 16), latent=4),
+                      TrainSettings(epochs=20, device="auto", seed=0), ThresholdSettings(calibration_folds=1),
+                      confirmed=confirmed)
+    assert model.report["scoring"]["confirmed_outliers"] == 12
+    probe = pd.concat([_frame(200, 5), confirmed.iloc[:3] + 0.01], ignore_index=True)
+    on_cpu, on_gpu = model.score(probe), model.score(probe, device="cuda")
+    np.testing.assert_allclose(on_gpu.scores, on_cpu.scores, rtol=1e-3, atol=1e-6)
+    assert on_gpu.is_outlier[-3:].all()
