@@ -205,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "evaluation slices. The realised FPR is on the slice's normal rows, at each method's own threshold "
         "(target 1 %).", "",
     ]
-    text = "\n".join(head) + summary(records, sets) + "\n"
+    text = "\n".join(head) + "\n" + summary(records, sets) + "\n"
     print(text)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)

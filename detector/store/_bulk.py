@@ -8,7 +8,6 @@ PostgreSQL: timestamptz, jsonb), so rows written here read back through the ORM 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session
+
+from detector import fastjson
 
 if TYPE_CHECKING:
     from detector.records import ValidRecord
@@ -77,7 +78,7 @@ def insert_records(session: Session, detector: str, source: str, records: Sequen
     if _is_sqlite(session):
         with _statement(_SQLITE_INSERT):
             ingested = _sqlite_time(now)
-            rows = [(detector, _sqlite_time(r.ts), r.key, json.dumps(r.fields), source, ingested) for r in records]
+            rows = [(detector, _sqlite_time(r.ts), r.key, fastjson.dumps(r.fields), source, ingested) for r in records]
         session.connection().exec_driver_sql(_SQLITE_INSERT, rows)
         return
     _copy_records(session, [(detector, r.ts, r.key, r.fields, source) for r in records], now)
@@ -98,7 +99,7 @@ def _copy_records(session: Session, rows: list[tuple[str, datetime, str | None, 
     try:
         with driver.cursor() as cursor, cursor.copy(_PG_COPY) as copy:
             for detector, ts, key, fields, source in rows:
-                copy.write_row((detector, ts, key, Jsonb(fields), source, now, "pending", False))
+                copy.write_row((detector, ts, key, Jsonb(fields, fastjson.dumps_bytes), source, now, "pending", False))
     except psycopg.Error as exc:
         if driver.broken:
             connection.invalidate(exc)
@@ -115,7 +116,7 @@ def claim_pending(session: Session, detector: str, limit: int) -> list[ClaimedRo
     if not rows:
         return []
     ids, times, keys, texts = zip(*rows, strict=True)
-    fields = json.loads("[" + ",".join(texts) + "]")    # one parse for the batch: no per-row call overhead
+    fields = fastjson.loads("[" + ",".join(texts) + "]")    # one parse for the batch: no per-row call overhead
     if sqlite:
         stamps = [datetime.fromisoformat(ts).replace(tzinfo=UTC) for ts in times]
     else:
@@ -125,7 +126,7 @@ def claim_pending(session: Session, detector: str, limit: int) -> list[ClaimedRo
 
 def mark_scored(session: Session, scored: Sequence[ScoredRecord], model_version_id: int, now: datetime) -> None:
     """Store scores, outlier flags and out-of-distribution notes, and move the records to `scored`."""
-    ood = [None if s.ood is None else json.dumps(s.ood) for s in scored]
+    ood = [None if s.ood is None else fastjson.dumps(s.ood) for s in scored]
     if _is_sqlite(session):
         with _statement(_SQLITE_SCORED):
             when = _sqlite_time(now)

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from detector import fastjson
 from detector.errors import StorageError
 from detector.store.repository import Repository
 
@@ -43,10 +44,12 @@ def open_engine(url: str) -> Engine:
             path = url.removeprefix("sqlite:///")
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                                   json_serializer=fastjson.dumps, json_deserializer=fastjson.loads)
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
-            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+            engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
+                                   json_serializer=fastjson.dumps, json_deserializer=fastjson.loads)
     except (SQLAlchemyError, OSError) as exc:
         raise StorageError("open", exc) from exc
     return engine
