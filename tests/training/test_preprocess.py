@@ -197,7 +197,7 @@ def test_transform_is_vectorised() -> None:
 
 def test_numeric_block_path_matches_the_column_path_and_leaves_the_frame_alone() -> None:
     rng = np.random.default_rng(4)
-    schema = Schema(tuple(Feature(f"n{i}", "numeric") for i in range(5)) + (Feature("opt", "numeric", optional=True),))
+    schema = Schema((*[Feature(f"n{i}", "numeric") for i in range(5)], Feature("opt", "numeric", optional=True)))
     frame = pd.DataFrame(rng.normal(size=(200, 5)) * 10, columns=[f"n{i}" for i in range(5)])
     frame["opt"] = np.where(rng.random(200) < 0.1, np.nan, rng.normal(size=200))
     frame.loc[3, "n2"] = 1e12                                    # clipped on both paths
