@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pandas as pd
 
@@ -163,12 +164,13 @@ class Trainer:
                 return "this schedule slot was already trained (by this or another instance)"
         return None
 
-    def _confirmed(self, name: str, det: DetectorConfig) -> pd.DataFrame | None:
-        """The records of outliers people confirmed, oldest first, for a point-wise hybrid model to remember."""
+    def _confirmed(self, name: str, det: DetectorConfig,
+                   reviewed: list[tuple[str, dict[str, Any]]]) -> pd.DataFrame | None:
+        """The records of outliers people confirmed, oldest first, for a point-wise hybrid model to remember
+        (`reviewed`: the newest verdicts, newest first, as `reviewed_fields` gives them)."""
         m = det.model
         if m.review_weight == 0 or m.score != "hybrid" or m.window > 1 or m.time_features:
             return None
-        reviewed = self._vigil.repo.reviews.reviewed_fields(name)
         fields = [f for verdict, f in reversed(reviewed) if verdict == "confirmed"]
         if not fields:
             return None
@@ -179,12 +181,12 @@ class Trainer:
             logger.warning("confirmed outliers not used", extra={"detector": name, "error": str(exc)})
             return None
 
-    def _tune_with_reviews(self, name: str, det: DetectorConfig, fitted: FittedModel) -> None:
+    def _tune_with_reviews(self, name: str, det: DetectorConfig, fitted: FittedModel,
+                           reviewed: list[tuple[str, dict[str, Any]]]) -> None:
         """With enough verdicts, move the threshold to the best F1 on reviewed outliers within the FP budget."""
         review = det.review
         if not review.tune_threshold or fitted.val_scores is None:
             return
-        reviewed = self._vigil.repo.reviews.reviewed_fields(name)
         if fitted.scoring.window > 1 or fitted.scoring.time_features:
             logger.info("threshold not tuned with reviews: the model reads times and keys the verdicts lack",
                         extra={"detector": name})
@@ -259,11 +261,12 @@ class Trainer:
         # Later windows exclude the records earlier models flagged; the first one was never screened.
         first = vigil.repo.active_model_id(name) is None
         trim = det.training.first_window_trim if first else 0.0
+        reviewed = vigil.repo.reviews.reviewed_fields(name)     # read once: the memory and the threshold use it
         try:
             if det.model.window > 1 or det.model.time_features:   # sequence models read times and keys
                 frame = records_frame(records, det.feature_schema, context=True)
             fitted = fit_model(frame, det.feature_schema, model_settings, train_settings, threshold_settings,
-                               on_epoch=hook, trim_fraction=trim, confirmed=self._confirmed(name, det))
+                               on_epoch=hook, trim_fraction=trim, confirmed=self._confirmed(name, det, reviewed))
         except (TrainingError, TrainingAborted, ValueError, KeyError, RuntimeError) as exc:
             message = f"{exc.__class__.__name__}: {exc}"
             vigil.repo.finish_training_run(run_id, "failed", message, n_records=len(records),
@@ -274,7 +277,7 @@ class Trainer:
                          exc_info=not isinstance(exc, TrainingError | TrainingAborted))
             return TrainingOutcome("failed", message)
 
-        self._tune_with_reviews(name, det, fitted)
+        self._tune_with_reviews(name, det, fitted, reviewed)
         weights, meta = fitted.to_artifact()
         meta["window"] = {"start": records[0].ts.isoformat(), "end": records[-1].ts.isoformat(),
                           "records": len(records), "trigger": trigger}
