@@ -45,18 +45,15 @@ def loads(data: bytes | str) -> Any:
     return json.loads(data)
 
 
-def dumps(value: Any) -> str:
-    """`value` as compact JSON text (what `json.dumps` writes, without its spaces); values orjson
-    cannot write (integers beyond 64 bits, non-string keys) go through `json.dumps`."""
-    try:
-        return orjson.dumps(value).decode("utf-8")
-    except TypeError:
-        return json.dumps(value, separators=(",", ":"))
-
-
 def dumps_bytes(value: Any) -> bytes:
-    """`dumps` as UTF-8 bytes (for drivers that take them)."""
+    """`value` as compact UTF-8 JSON (what `json.dumps` writes, without its spaces); values orjson
+    cannot write (integers beyond 64 bits, non-string keys) go through `json.dumps`."""
     try:
         return orjson.dumps(value)
     except TypeError:
         return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
+def dumps(value: Any) -> str:
+    """`dumps_bytes` as text."""
+    return dumps_bytes(value).decode("utf-8")

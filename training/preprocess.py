@@ -177,8 +177,6 @@ class Preprocessor:
 
     def transform(self, frame: pd.DataFrame) -> npt.NDArray[np.float32]:
         """Encode `frame` into shape [n, n_columns]. KeyError for a missing feature column."""
-        n = len(frame)
-        out = np.zeros((n, self.n_columns), dtype=np.float32)
         done = set()
         block = self._plain_block(frame)
         if block is not None:
@@ -188,6 +186,8 @@ class Preprocessor:
             np.clip(block, -NUMERIC_CLIP, NUMERIC_CLIP, out=block)
             if len(self._plain_names) == self.n_columns:     # numeric only: the block is the output
                 return block.astype(np.float32)
+        out = np.zeros((len(frame), self.n_columns), dtype=np.float32)
+        if block is not None:
             out[:, self._plain_columns] = block
             done = set(self._plain_names)
         for f in self.schema.features:
