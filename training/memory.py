@@ -17,7 +17,9 @@ __all__ = ["NeighborMemory", "NeighborResult", "nearest_distance"]
 
 logger = logging.getLogger(__name__)
 
-_CHUNK_ELEMENTS = 1 << 24   # distances computed per chunk (64 MiB of float32)
+_CHUNK_ELEMENTS = 1 << 24   # distances computed per chunk in nearest_distance (64 MiB of float32)
+_QUERY_ELEMENTS = 1 << 21   # distances per chunk of queries in the memory's search (8 MiB: stays in cache)
+_BLOCK = 64                 # bank columns per block in the two-stage selection
 
 
 class NeighborResult:
@@ -71,14 +73,15 @@ class NeighborMemory:
         return NeighborMemory(self.bank.to(device), self.kdist.to(device), self.k)
 
     def _nearest(self, q: torch.Tensor, exclude: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sorted distances [n, k] and bank indices [n, k] of each query row's k nearest rows.
+        """Sorted distances [n, k] and bank indices [n, k] of each query row's k nearest rows (exact).
 
         `exclude` [n] names a bank row to skip per query (its own, for leave-one-out), -1 for none.
-        Distances come from ||q||^2 + ||b||^2 - 2 q.b (one matrix product per chunk).
+        Distances come from ||q||^2 + ||b||^2 - 2 q.b (one matrix product per chunk of queries, small
+        enough to stay in the CPU's cache), then a two-stage selection (`_select`).
         """
         bank_t = self._bank_t if self._bank_t.device == q.device else self._bank_t.to(q.device)
         bank_sq = self._bank_sq.to(q.device)
-        step = max(1, min(512, _CHUNK_ELEMENTS // max(1, bank_t.shape[1])))
+        step = max(1, min(512, _QUERY_ELEMENTS // max(1, bank_t.shape[1])))
         dists, index = [], []
         for start in range(0, len(q), step):
             qb = q[start : start + step]
@@ -90,7 +93,7 @@ class NeighborMemory:
                 hit = ex >= 0
                 if bool(hit.any()):
                     partial[hit.nonzero().squeeze(1), ex[hit]] = float("inf")
-            values, idx = torch.topk(partial, self.k, dim=1, largest=False, sorted=True)
+            values, idx = _select(partial, self.k)
             dists.append((values + qb.square().sum(dim=1, keepdim=True)).clamp_min(0.0).sqrt())
             index.append(idx)
         if not dists:
@@ -121,3 +124,29 @@ def nearest_distance(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
         partial = torch.addmm(bank_sq, qb, bank_t, alpha=-2.0).amin(dim=1)
         out.append((partial + qb.square().sum(dim=1)).clamp_min(0.0).sqrt())
     return torch.cat(out) if out else torch.empty(0, device=q.device)
+
+
+def _select(partial: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k smallest values [n, k] of each row of `partial` [n, m], ascending, and their columns: exact.
+
+    A full top-k over m columns costs a partial sort of every row. Instead the columns are cut into blocks
+    of _BLOCK, each block's minimum is taken (one vectorised pass), and the top-k runs over the columns of
+    the k blocks with the smallest minima only (plus the columns after the last whole block). That is
+    exact: a value outside those k blocks lies in a block whose minimum is at least each of theirs, so
+    k values at most as large are already among the candidates. About 4 times as fast as torch.topk over
+    20,000 columns on one CPU core (bench/throughput.py part 1).
+    """
+    n, m = partial.shape
+    blocks = m // _BLOCK
+    if blocks <= 4 * k:
+        return torch.topk(partial, k, dim=1, largest=False, sorted=True)
+    whole = blocks * _BLOCK
+    minima = partial[:, :whole].reshape(n, blocks, _BLOCK).amin(dim=2)
+    _, best = torch.topk(minima, k, dim=1, largest=False, sorted=False)               # [n, k] block numbers
+    offsets = torch.arange(_BLOCK, device=partial.device)
+    columns = (best.unsqueeze(2) * _BLOCK + offsets).reshape(n, k * _BLOCK)
+    if whole < m:
+        tail = torch.arange(whole, m, device=partial.device).expand(n, m - whole)
+        columns = torch.cat([columns, tail], dim=1)
+    values, chosen = torch.topk(partial.gather(1, columns), k, dim=1, largest=False, sorted=True)
+    return values, columns.gather(1, chosen)

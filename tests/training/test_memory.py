@@ -97,7 +97,7 @@ def test_chunked_distances_give_the_same_answers(monkeypatch: pytest.MonkeyPatch
     exclude = torch.from_numpy(rng.integers(-1, 30, 17))
     whole, _ = NeighborMemory.build(x, k=3, size=1000, seed=0)
     expected = whole.query(torch.from_numpy(q), exclude)
-    monkeypatch.setattr(training.memory, "_CHUNK_ELEMENTS", 70)   # 2 query rows per chunk of a 30-row bank
+    monkeypatch.setattr(training.memory, "_QUERY_ELEMENTS", 70)   # 2 query rows per chunk of a 30-row bank
     chunked, _ = NeighborMemory.build(x, k=3, size=1000, seed=0)
     np.testing.assert_allclose(chunked.kdist.numpy(), whole.kdist.numpy(), rtol=1e-6)   # matmul rounding only
     result = chunked.query(torch.from_numpy(q), exclude)
@@ -106,6 +106,35 @@ def test_chunked_distances_give_the_same_answers(monkeypatch: pytest.MonkeyPatch
     np.testing.assert_allclose(result.neighbour_mean.numpy(), expected.neighbour_mean.numpy(), rtol=1e-6)
     _, distance, _, _ = _brute(x, q, 3, exclude.numpy())
     np.testing.assert_allclose(result.distance.numpy(), distance, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 5, 9])
+@pytest.mark.parametrize("sort_bank", [False, True])
+def test_two_stage_selection_over_a_large_bank_is_exact(k: int, sort_bank: bool) -> None:
+    # 3,000 rows: 46 whole blocks of 64 and a tail of 56 columns, so the block-minimum stage runs; a sorted
+    # bank puts each query's neighbours into one or two adjacent blocks (the case a wrong shortcut breaks)
+    rng = np.random.default_rng(k)
+    x = rng.normal(size=(3000, 3)).astype(np.float32)
+    if sort_bank:
+        x = x[np.argsort(x[:, 0])]
+    x[2990:] = x[:10] + 1e-3          # near twins of early rows in the tail
+    q = np.concatenate([rng.normal(size=(60, 3)), x[:5], x[2995:]]).astype(np.float32)
+    exclude = torch.from_numpy(np.concatenate([rng.integers(-1, 3000, 60), np.arange(5), np.arange(2995, 3000)]))
+    memory, _ = NeighborMemory.build(x, k=k, size=3000, seed=0)
+    assert memory.bank.shape[0] // training.memory._BLOCK > 4 * k     # the two-stage path, not a plain top-k
+    with torch.inference_mode():
+        dist, idx = memory._nearest(torch.from_numpy(q), exclude)
+    partial = torch.addmm(memory._bank_sq, torch.from_numpy(q), memory._bank_t, alpha=-2.0)
+    partial[torch.arange(len(q))[exclude >= 0], exclude[exclude >= 0]] = float("inf")
+    values, plain = torch.topk(partial, k, dim=1, largest=False, sorted=True)
+    np.testing.assert_array_equal(idx.numpy(), plain.numpy())
+    expected = (values + torch.from_numpy(q).square().sum(dim=1, keepdim=True)).clamp_min(0.0).sqrt()
+    np.testing.assert_array_equal(dist.numpy(), expected.numpy())
+    _, distance, _, neighbour_mean = _brute(x, q, k, exclude.numpy())
+    result = memory.query(torch.from_numpy(q), exclude)
+    # float32 ||q||^2 + ||b||^2 - 2 q.b loses about 1e-3 absolute to cancellation (the twins at 1e-3)
+    np.testing.assert_allclose(result.distance.numpy(), distance, rtol=1e-4, atol=2e-3)
+    np.testing.assert_allclose(result.neighbour_mean.numpy(), neighbour_mean, rtol=1e-4, atol=2e-3)
 
 
 def test_duplicate_rows_are_each_others_neighbours_at_distance_zero() -> None:
