@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, get_args
 
@@ -185,24 +185,95 @@ def min_rows_for(n_columns: int) -> int:
     return max(32, 2 * n_columns)
 
 
-@dataclass(frozen=True)
+Rows = Sequence[int] | npt.NDArray[np.integer[Any]] | npt.NDArray[np.bool_] | slice
+"""A 1-D selection of a result's rows: positions, a boolean mask or a slice (as numpy indexing takes them)."""
+
+
 class ScoreResult:
     """Scores of n records and their explanation.
 
     scores [n] (higher = more anomalous), is_outlier [n] (scores > threshold), contributions
     [n, n_features] (each row sums to its score), expected (decoded reconstruction, one column per
     feature), unseen [n, n_features] (categorical value never seen in training).
+
+    `contributions` and `expected` may be given as functions of the rows (a `Rows` selection, or
+    `slice(None)` for all): they are then computed on first access and kept. `contributions_at(rows)` and
+    `expected_at(rows)` give the same as `contributions[rows]` and `expected.iloc[rows]` without computing
+    the other rows (a scorer needs them for its few flagged rows only).
     """
 
-    scores: npt.NDArray[np.float64]
-    threshold: float
-    is_outlier: npt.NDArray[np.bool_]
-    contributions: npt.NDArray[np.float64]
-    expected: pd.DataFrame
-    unseen: npt.NDArray[np.bool_]
-    feature_names: list[str]
-    out_of_range: npt.NDArray[np.bool_] | None = None
-    components: dict[str, npt.NDArray[np.float64]] | None = None
+    __slots__ = ("_contributions", "_contributions_of", "_expected", "_expected_of", "components", "feature_names",
+                 "is_outlier", "out_of_range", "scores", "threshold", "unseen")
+
+    def __init__(
+        self,
+        scores: npt.NDArray[np.float64],
+        threshold: float,
+        is_outlier: npt.NDArray[np.bool_],
+        contributions: npt.NDArray[np.float64] | Callable[[Rows], npt.NDArray[np.float64]],
+        expected: pd.DataFrame | Callable[[Rows], pd.DataFrame],
+        unseen: npt.NDArray[np.bool_],
+        feature_names: list[str],
+        out_of_range: npt.NDArray[np.bool_] | None = None,
+        components: dict[str, npt.NDArray[np.float64]] | None = None,
+    ) -> None:
+        self.scores = scores
+        self.threshold = threshold
+        self.is_outlier = is_outlier
+        self.unseen = unseen
+        self.feature_names = feature_names
+        self.out_of_range = out_of_range
+        self.components = components
+        self._contributions: npt.NDArray[np.float64] | None = None
+        self._contributions_of: Callable[[Rows], npt.NDArray[np.float64]] | None = None
+        if callable(contributions):
+            self._contributions_of = contributions
+        else:
+            self._contributions = contributions
+        self._expected: pd.DataFrame | None = None
+        self._expected_of: Callable[[Rows], pd.DataFrame] | None = None
+        if callable(expected):
+            self._expected_of = expected
+        else:
+            self._expected = expected
+
+    @property
+    def contributions(self) -> npt.NDArray[np.float64]:
+        """[n, n_features] float64: each score split over the features."""
+        if self._contributions is None:
+            if self._contributions_of is None:
+                raise RuntimeError("a ScoreResult without contributions")
+            self._contributions = self._contributions_of(slice(None))
+        return self._contributions
+
+    @property
+    def expected(self) -> pd.DataFrame:
+        """The decoded reconstruction: one row per record, one column per feature."""
+        if self._expected is None:
+            if self._expected_of is None:
+                raise RuntimeError("a ScoreResult without expected values")
+            self._expected = self._expected_of(slice(None))
+        return self._expected
+
+    def _positions(self, rows: Rows) -> npt.NDArray[np.intp]:
+        positions = np.arange(len(self.scores))[rows]
+        if positions.ndim != 1:
+            raise ValueError("rows must select a 1-D set of rows (positions, a boolean mask or a slice)")
+        return positions
+
+    def contributions_at(self, rows: Rows) -> npt.NDArray[np.float64]:
+        """`contributions[rows]` ([len(rows), n_features]), computed for those rows only when not yet at hand."""
+        positions = self._positions(rows)
+        if self._contributions is not None or self._contributions_of is None:
+            return self.contributions[positions]
+        return self._contributions_of(positions)
+
+    def expected_at(self, rows: Rows) -> pd.DataFrame:
+        """`expected.iloc[rows]` (index: the rows' positions), decoded for those rows only when not yet at hand."""
+        positions = self._positions(rows)
+        if self._expected is not None or self._expected_of is None:
+            return self.expected.iloc[positions]
+        return self._expected_of(positions)
 
     def out_of_distribution(self, i: int) -> dict[str, list[str]] | None:
         """Row i's features the model never saw values like: unseen categories, numbers far out of range."""
@@ -217,10 +288,10 @@ class ScoreResult:
 
         `actual` maps feature names to the record's values (a missing name gives None).
         """
-        row = self.contributions[i]
+        row = self.contributions_at([i])[0]
         score = float(self.scores[i])
         order = np.argsort(-row, kind="stable")[: max(k, 0)]
-        expected = self.expected.iloc[i]
+        expected = self.expected_at([i]).iloc[0]
         return [
             {
                 "feature": self.feature_names[j],
@@ -307,33 +378,55 @@ class FittedModel:
         the features; `expected` is the autoencoder's reconstruction. `reviews=False` leaves the
         confirmed outliers out of the score (to score those same outliers without their own echo).
         """
-        x = self.inputs(frame, history)
+        fast = None
+        if (history is None or len(history) == 0) and not self.scoring.time_features and self.scoring.window == 1:
+            fast = self.preprocessor.transform_flagged(frame, *self._range_bounds())
+        if fast is not None:           # all required numeric features: one pass for the inputs and the ranges
+            x, far = fast
+        else:
+            x, far = self.inputs(frame, history), self.out_of_range(frame)
         target = device if isinstance(device, torch.device) else resolve_device(device)
         parts = _score_parts(self, x, batch_size, target, reviews)
         scores = np.where(np.isnan(parts.scores), np.inf, parts.scores)
         return ScoreResult(
-            out_of_range=self.out_of_range(frame),
+            out_of_range=far,
             scores=scores,
             threshold=self.threshold.value,
             is_outlier=scores > self.threshold.value,
             contributions=parts.contributions,
-            expected=self.preprocessor.decode(parts.recon),
+            expected=_Decoded(self.preprocessor, parts.recon),
             unseen=self.preprocessor.unseen_mask(frame),
             feature_names=self.schema.names,
             components=parts.components,
         )
 
+    def _range_bounds(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Per feature (schema order): the values below / above which `out_of_range` flags a value
+        (-inf / inf for a feature it does not check)."""
+        below = np.full(len(self.schema.features), -np.inf)
+        above = np.full(len(self.schema.features), np.inf)
+        checked = [(j, name) for j, name in enumerate(self.schema.names) if name in self.ranges]
+        if checked:
+            lows = np.array([self.ranges[name][0] for _, name in checked])
+            highs = np.array([self.ranges[name][1] for _, name in checked])
+            margins = OUT_OF_RANGE_SPANS * np.maximum(np.maximum(highs - lows, np.abs(highs) * 1e-6), 1e-12)
+            columns = [j for j, _ in checked]
+            below[columns] = lows - margins
+            above[columns] = highs + margins
+        return below, above
+
     def out_of_range(self, frame: pd.DataFrame) -> npt.NDArray[np.bool_]:
         """[n, n_features]: numeric values more than OUT_OF_RANGE_SPANS training ranges beyond its edges."""
         mask = np.zeros((len(frame), len(self.schema.features)), dtype=bool)
         checked = [(j, name) for j, name in enumerate(self.schema.names) if name in self.ranges]
-        block = numeric_block(frame, [name for _, name in checked])
+        block = numeric_block(frame, [name for _, name in checked], copy=False)
         if block is not None:               # plain numeric columns: one comparison for the whole block
-            lows = np.array([self.ranges[name][0] for _, name in checked])
-            highs = np.array([self.ranges[name][1] for _, name in checked])
-            margins = OUT_OF_RANGE_SPANS * np.maximum(np.maximum(highs - lows, np.abs(highs) * 1e-6), 1e-12)
+            below, above = self._range_bounds()
+            columns = [j for j, _ in checked]
             with np.errstate(invalid="ignore"):
-                mask[:, [j for j, _ in checked]] = (block < lows - margins) | (block > highs + margins)
+                if len(columns) == mask.shape[1]:       # every feature is checked: the mask is the comparison
+                    return np.asarray((block < below) | (block > above))
+                mask[:, columns] = (block < below[columns]) | (block > above[columns])
             return mask
         for j, name in enumerate(self.schema.names):
             if name not in self.ranges:
@@ -422,9 +515,48 @@ INCIDENTS = "__memory__.confirmed"
 @dataclass(frozen=True)
 class _Parts:
     scores: npt.NDArray[np.float64]
-    contributions: npt.NDArray[np.float64]
+    contributions: npt.NDArray[np.float64] | Callable[[Rows], npt.NDArray[np.float64]]
     recon: npt.NDArray[np.float32]
     components: dict[str, npt.NDArray[np.float64]] | None
+
+
+class _Decoded:
+    """`Preprocessor.decode` of the reconstructions of some rows (ScoreResult.expected on demand)."""
+
+    __slots__ = ("preprocessor", "recon")
+
+    def __init__(self, preprocessor: Preprocessor, recon: npt.NDArray[np.float32]) -> None:
+        self.preprocessor = preprocessor
+        self.recon = recon
+
+    def __call__(self, rows: Rows) -> pd.DataFrame:
+        if isinstance(rows, slice) and rows == slice(None):
+            return self.preprocessor.decode(self.recon)
+        positions = np.asarray(rows, dtype=np.intp)
+        frame = self.preprocessor.decode(self.recon[positions])
+        frame.index = pd.Index(positions, dtype=np.int64)
+        return frame
+
+
+class _ErrorShares:
+    """Contributions of the reconstruction-based scores (ScoreResult.contributions on demand): each row's
+    per-feature error / the number of scored columns, times `factor` per row when given (elbo: score / error),
+    the same float64 operations as when computed for all rows at once."""
+
+    __slots__ = ("factor", "n_columns", "per_feature")
+
+    def __init__(self, per_feature: npt.NDArray[np.float32], n_columns: int,
+                 factor: npt.NDArray[np.float64] | None) -> None:
+        self.per_feature = per_feature
+        self.n_columns = n_columns
+        self.factor = factor
+
+    def __call__(self, rows: Rows) -> npt.NDArray[np.float64]:
+        contrib = torch.from_numpy(np.asarray(self.per_feature[rows])).double() / self.n_columns
+        if self.factor is not None:
+            contrib = contrib * torch.from_numpy(np.asarray(self.factor[rows])).unsqueeze(-1)
+        out: npt.NDArray[np.float64] = contrib.numpy()
+        return out
 
 
 def _feature_matrix(model: FittedModel, device: torch.device) -> torch.Tensor | None:
@@ -443,38 +575,49 @@ def _per_feature(values: torch.Tensor, features: torch.Tensor | None) -> torch.T
     return values if features is None else values @ features
 
 
+def _joined(pieces: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+    """The batches' arrays as one (the only one itself, without a copy)."""
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
 def _score_parts(
     model: FittedModel, x: npt.NDArray[np.float32], batch_size: int, device: torch.device, reviews: bool = True,
 ) -> _Parts:
-    """Scores, per-feature contributions and reconstructions of network inputs `x`, batch by batch."""
+    """Scores, per-feature contributions and reconstructions of network inputs `x`, batch by batch.
+
+    The contributions of reconstruction and elbo scores are left to compute on demand (from the per-feature
+    error, kept as float32); those of hybrid scores are computed here.
+    """
     net = model.network if device.type == "cpu" else copy.deepcopy(model.network).to(device)
     memory = model.memory.to(device) if model.memory is not None else None
     scoring, spec, pre = model.scoring, model.spec, model.preprocessor
     n, n_cols = len(x), pre.n_columns
     last = spec.n_inputs - spec.columns          # the scored record's columns start here
     features = _feature_matrix(model, device)
-    scores = np.empty(n, dtype=np.float64)
-    contributions = np.empty((n, len(model.schema.features)), dtype=np.float64)
-    recon_out = np.empty((n, n_cols), dtype=np.float32)
-    comps: dict[str, npt.NDArray[np.float64]] | None = (
-        {name: np.empty(n, dtype=np.float64) for name in COMPONENTS} if scoring.kind == "hybrid" else None)
+    hybrid = scoring.kind == "hybrid"
+    scores: list[npt.NDArray[np.float64]] = []
+    recons: list[npt.NDArray[np.float32]] = []
+    errors: list[npt.NDArray[np.float32]] = []          # per-feature error (reconstruction, elbo)
+    factors: list[npt.NDArray[np.float64]] = []         # elbo: score / reconstruction error
+    contributions: list[npt.NDArray[np.float64]] = []   # hybrid
+    comps: dict[str, list[npt.NDArray[np.float64]]] = {name: [] for name in COMPONENTS}
     with torch.inference_mode():
-        for start in range(0, n, batch_size):
+        for start in range(0, max(n, 1), batch_size):
             xb = torch.from_numpy(x[start : start + batch_size]).to(device)
             rb = net(xb)
             own_x, own_r = xb[:, last : last + n_cols], rb[:, last : last + n_cols]
-            elem = (own_r - own_x).abs() if model.loss == "l1" else (own_r - own_x).square()
+            elem = torch.sub(own_r, own_x)
+            elem = elem.abs_() if model.loss == "l1" else elem.square_()
             rec = elem.double().mean(dim=1)
             per_feature = _per_feature(elem, features)                       # [b, n_features]
-            end = start + len(xb)
-            recon_out[start:end] = own_r.float().cpu().numpy()
+            recons.append(own_r.float().cpu().numpy())
             if scoring.kind == "reconstruction":
                 score = rec
-                contrib = per_feature.double() / n_cols
+                errors.append(per_feature.cpu().numpy())
             elif scoring.kind == "elbo":
                 score = rec + spec.beta * net.kl_per_row(xb).double() / spec.n_inputs
-                contrib = per_feature.double() / n_cols
-                contrib = contrib * (score / rec.clamp_min(1e-300)).unsqueeze(1)
+                errors.append(per_feature.cpu().numpy())
+                factors.append((score / rec.clamp_min(1e-300)).cpu().numpy())
             else:
                 if memory is None or scoring.normalizer is None:
                     raise ArtifactError("a hybrid model needs a neighbour memory and a normalizer")
@@ -485,13 +628,18 @@ def _score_parts(
                     affinity = _review_affinity(values["distance"], nearest_distance(xb, model.incidents), scoring)
                 score, z = _combine(values, scoring, affinity)
                 diff = _per_feature((xb[:, last:] - near.neighbour_mean[:, last:])[:, :n_cols].square(), features)
-                contrib = _blend(score, z, scoring.weights, per_feature.double(), diff.double())
-                if comps is not None:
-                    for name in COMPONENTS:
-                        comps[name][start:end] = values[name].cpu().numpy()
-            scores[start:end] = score.cpu().numpy()
-            contributions[start:end] = contrib.cpu().numpy()
-    return _Parts(scores, contributions, recon_out, comps)
+                blended = _blend(score, z, scoring.weights, per_feature.double(), diff.double())
+                contributions.append(blended.cpu().numpy())
+                for name in COMPONENTS:
+                    comps[name].append(values[name].cpu().numpy())
+            scores.append(score.cpu().numpy())
+    contrib: npt.NDArray[np.float64] | Callable[[Rows], npt.NDArray[np.float64]]
+    if hybrid:
+        contrib = _joined(contributions)
+    else:
+        contrib = _ErrorShares(_joined(errors), n_cols, _joined(factors) if factors else None)
+    return _Parts(_joined(scores), contrib, _joined(recons),
+                  {name: _joined(v) for name, v in comps.items()} if hybrid else None)
 
 
 def _review_affinity(distance: torch.Tensor, to_incident: torch.Tensor, scoring: Scoring) -> torch.Tensor:

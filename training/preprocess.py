@@ -28,17 +28,29 @@ NUMERIC_CLIP = 1e6
 
 Scaling = Literal["robust", "standard"]
 
+# transform_flagged encodes this many values at a time (rows x features), a block that stays in the CPU cache
+_CHUNK_ELEMENTS = 65_536
 
-def numeric_block(frame: pd.DataFrame, names: list[str]) -> npt.NDArray[np.float64] | None:
+
+def numeric_block(frame: pd.DataFrame, names: list[str], copy: bool = True) -> npt.NDArray[np.float64] | None:
     """Columns `names` of `frame` as one float64 array [n, len(names)] when each is a plain numpy
-    numeric column (NaN stays NaN; always a copy); None when one is missing, duplicated or of another type."""
+    numeric column (NaN stays NaN); None when one is missing, duplicated or of another type.
+
+    With `copy` (the default) the array is always a fresh copy; without, it may be a view of the
+    frame's data, which the caller must then not modify.
+    """
     columns = frame.columns
-    if not names or not columns.is_unique or int(columns.isin(names).sum()) != len(names):
+    if not names or not columns.is_unique:
         return None
-    part = frame if list(columns) == names else frame[names]
+    if list(columns) == names:          # the frame is exactly these columns, in this order
+        part = frame
+    elif int(columns.isin(names).sum()) != len(names):
+        return None
+    else:
+        part = frame[names]
     if not all(isinstance(t, np.dtype) and t.kind in "fiu" for t in part.dtypes):
         return None
-    return part.to_numpy(dtype=np.float64, copy=True)
+    return part.to_numpy(dtype=np.float64, copy=copy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +151,8 @@ class Preprocessor:
         plain = [f.name for f in schema.features if isinstance(self._states[f.name], _Numeric) and not f.optional]
         self._plain_names = plain
         self._plain_columns = np.array([self.feature_slices[n].start for n in plain], dtype=np.intp)
+        self._categorical = [(j, f) for j, f in enumerate(schema.features)
+                             if isinstance(self._states[f.name], _Categorical)]
         numeric_states = [self._states[n] for n in plain]
         self._plain_center = np.array([st.center for st in numeric_states if isinstance(st, _Numeric)])
         self._plain_scale = np.array([st.scale for st in numeric_states if isinstance(st, _Numeric)])
@@ -206,6 +220,53 @@ class Preprocessor:
             return None
         return block
 
+    @property
+    def all_plain_numeric(self) -> bool:
+        """Whether every feature is a required numeric one (one encoded column each, in schema order)."""
+        return len(self._plain_names) == self.n_columns
+
+    def transform_flagged(
+        self, frame: pd.DataFrame, below: npt.NDArray[np.float64], above: npt.NDArray[np.float64],
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]] | None:
+        """`transform(frame)` and, from the same read of the frame, where its values lie below `below` or
+        above `above` ([n_features] each, in schema order; use -inf / inf to never flag a feature).
+
+        Only for a preprocessor whose features are all required numeric ones, and a frame whose columns
+        for them are plain numeric with finite values: None otherwise (use `transform` then, which also
+        names a feature at fault). Rows are encoded in chunks that stay in the CPU cache; the encoded
+        values are exactly those of `transform`.
+        """
+        if not self.all_plain_numeric:
+            return None
+        raw = numeric_block(frame, self._plain_names, copy=False)    # read only
+        if raw is None:
+            return None
+        n, k = raw.shape
+        out = np.empty((n, k), dtype=np.float32)
+        flags = np.empty((n, k), dtype=np.bool_)
+        step = max(16, _CHUNK_ELEMENTS // max(k, 1))
+        scratch = np.empty((min(step, n), k), dtype=np.float64)
+        high = np.empty((min(step, n), k), dtype=np.bool_)
+        center, scale = self._plain_center, self._plain_scale
+        with np.errstate(over="ignore"):
+            for start in range(0, n, step):
+                rows = raw[start : start + step]
+                m = len(rows)
+                scaled, over = scratch[:m], high[:m]
+                np.subtract(rows, center, out=scaled)
+                np.divide(scaled, scale, out=scaled)
+                # a non-finite input stays non-finite here (as does a finite one beyond float64 when
+                # scaled, which the column-by-column path encodes the same way)
+                if not np.isfinite(scaled).all():
+                    return None
+                np.clip(scaled, -NUMERIC_CLIP, NUMERIC_CLIP, out=scaled)
+                out[start : start + m] = scaled
+                low = flags[start : start + m]
+                np.less(rows, below, out=low)
+                np.greater(rows, above, out=over)
+                np.logical_or(low, over, out=low)
+        return out, flags
+
     def _encode(self, f: Feature, column: pd.Series[Any]) -> npt.NDArray[np.float64]:
         state = self._states[f.name]
         if isinstance(state, _Categorical):
@@ -243,12 +304,10 @@ class Preprocessor:
     def unseen_mask(self, frame: pd.DataFrame) -> npt.NDArray[np.bool_]:
         """Shape [n, n_features]: True where a categorical value was never seen when fitting."""
         mask = np.zeros((len(frame), len(self.schema.features)), dtype=np.bool_)
-        for j, f in enumerate(self.schema.features):
-            state = self._states[f.name]
-            if isinstance(state, _Categorical):
-                strings, missing = category_values(take_column(frame, f.name), f.name, f.optional)
-                codes = self._lookups[f.name].get_indexer(pd.Index(strings, dtype=object))
-                mask[:, j] = (codes < 0) & ~missing
+        for j, f in self._categorical:
+            strings, missing = category_values(take_column(frame, f.name), f.name, f.optional)
+            codes = self._lookups[f.name].get_indexer(pd.Index(strings, dtype=object))
+            mask[:, j] = (codes < 0) & ~missing
         return mask
 
     def decode(self, recon: npt.NDArray[np.float32]) -> pd.DataFrame:
