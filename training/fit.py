@@ -288,10 +288,10 @@ class ScoreResult:
 
         `actual` maps feature names to the record's values (a missing name gives None).
         """
-        row = self.contributions_at([i])[0]
+        row = self.contributions[i]          # all rows at once (kept): callers ask row after row
         score = float(self.scores[i])
         order = np.argsort(-row, kind="stable")[: max(k, 0)]
-        expected = self.expected_at([i]).iloc[0]
+        expected = self.expected.iloc[i]
         return [
             {
                 "feature": self.feature_names[j],
