@@ -11,6 +11,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from detector.config import FloorConfig
+from detector.records import ValidRecord
 from detector.store.repository import PendingRecord
 from training.fit import ScoreResult
 
@@ -29,24 +30,25 @@ def within_floors(result: ScoreResult, frame: pd.DataFrame, rows: npt.NDArray[np
     """
     names = result.feature_names
     within = np.zeros((len(rows), len(names)), dtype=bool)
+    expected_rows = result.expected_at(rows)
     for j, name in enumerate(names):
         floor = floors.get(name)
         if floor is None:
             continue
         actual = pd.to_numeric(frame[name].iloc[rows], errors="coerce").to_numpy(dtype=np.float64)
-        expected = pd.to_numeric(result.expected[name].iloc[rows], errors="coerce").to_numpy(dtype=np.float64)
+        expected = pd.to_numeric(expected_rows[name], errors="coerce").to_numpy(dtype=np.float64)
         deviation = np.abs(actual - expected)             # NaN when either is missing: never within
         if floor.absolute is not None:
             within[:, j] |= deviation <= floor.absolute
         if floor.relative is not None:
             within[:, j] |= deviation <= floor.relative * np.abs(expected)
     # the same ranking as the outlier's explanation (stable, largest contribution first)
-    order = np.argsort(-result.contributions[rows], axis=1, kind="stable")[:, :top]
+    order = np.argsort(-result.contributions_at(rows), axis=1, kind="stable")[:, :top]
     flags: npt.NDArray[np.bool_] = np.asarray(np.take_along_axis(within, order, axis=1).all(axis=1))
     return flags
 
 
-def first_times(records: Sequence[PendingRecord]) -> dict[str | None, datetime]:
+def first_times(records: Sequence[PendingRecord | ValidRecord]) -> dict[str | None, datetime]:
     """The earliest time of each key among `records`."""
     first: dict[str | None, datetime] = {}
     for record in records:
@@ -55,13 +57,14 @@ def first_times(records: Sequence[PendingRecord]) -> dict[str | None, datetime]:
     return first
 
 
-def confirmed(records: Sequence[PendingRecord], over: npt.NDArray[np.bool_],
+def confirmed(records: Sequence[PendingRecord | ValidRecord], over: npt.NDArray[np.bool_],
               prior: Mapping[str | None, Sequence[bool]], k: int, n: int) -> npt.NDArray[np.bool_]:
     """Whether at least `k` of the last `n` records of each record's key, itself included, passed the threshold.
 
-    `records` (any order) and `over` [len(records)] are a batch; `prior` holds, for a key, whether its
-    records scored before its first one in the batch passed the threshold, oldest first. Records of a key
-    are ordered by time, then id. One sort and one cumulative sum, whatever the number of keys.
+    `records` (in the order they were stored or claimed: by id) and `over` [len(records)] are a batch;
+    `prior` holds, for a key, whether its records scored before its first one in the batch passed the
+    threshold, oldest first. Records of a key are ordered by time, then by their place in the batch. One
+    sort and one cumulative sum, whatever the number of keys.
     """
     prior_keys: list[str | None] = []
     prior_over: list[bool] = []
@@ -74,7 +77,7 @@ def confirmed(records: Sequence[PendingRecord], over: npt.NDArray[np.bool_],
     # earlier records go first in their key: the lowest possible time, in the order given
     times = np.concatenate([np.full(m, np.iinfo(np.int64).min, dtype=np.int64),
                             _nanoseconds([r.ts for r in records])])
-    tiebreak = np.concatenate([np.arange(m, dtype=np.int64) - m, np.asarray([r.id for r in records], dtype=np.int64)])
+    tiebreak = np.concatenate([np.arange(m, dtype=np.int64) - m, np.arange(len(records), dtype=np.int64)])
     order = np.lexsort((tiebreak, times, codes))
     flags = np.concatenate([np.asarray(prior_over, dtype=bool), over.astype(bool)])[order]
     keys = codes[order]

@@ -386,6 +386,9 @@ class ReviewConfig(Section):
 
 class ScoringConfig(Section):
     interval: PositiveDuration = Field(default=5.0)
+    # score records as they are ingested (one transaction stores them scored); the score job still scores
+    # what waits: records that came before the first model, sequence-mode records, failed attempts
+    on_ingest: bool = True
     batch_size: int = Field(default=5000, gt=0)
     top_contributions: int = Field(default=5, ge=1)
 

@@ -254,5 +254,7 @@ def build_runtime(config: Config, registry: CollectorRegistry | None = None,
     for name in config.detectors:
         cache.get(name)             # publishes the active model's metrics at start
     token = ensure_token(config.http.token_file)
-    return Runtime(config=config, vigil=vigil, scorer=Scorer(vigil, cache), trainer=Trainer(vigil),
+    scorer = Scorer(vigil, cache)
+    vigil.scorer = scorer          # records are scored as they arrive (scoring.on_ingest)
+    return Runtime(config=config, vigil=vigil, scorer=scorer, trainer=Trainer(vigil),
                    registry=registry, token=token, sources=build_sources(vigil))

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from detector.records import ValidRecord
 from detector.store.repository import PendingRecord
 from training.schema import Schema
 from training.sequence import KEY_COLUMN, TS_COLUMN
@@ -20,7 +21,8 @@ __all__ = ["records_frame", "to_json_value"]
 _PLAIN_NUMBERS = frozenset({float, int, type(None)})
 
 
-def records_frame(records: Sequence[PendingRecord], schema: Schema, context: bool = False) -> pd.DataFrame:
+def records_frame(records: Sequence[PendingRecord | ValidRecord], schema: Schema, context: bool = False,
+                  ) -> pd.DataFrame:
     """One row per record, one column per schema feature (missing values as None/NaN).
 
     The numeric features of every record are read in one pass into a float64 block; when a record lacks
@@ -35,7 +37,7 @@ def records_frame(records: Sequence[PendingRecord], schema: Schema, context: boo
     return frame
 
 
-def _features_frame(records: Sequence[PendingRecord], schema: Schema) -> pd.DataFrame:
+def _features_frame(records: Sequence[PendingRecord | ValidRecord], schema: Schema) -> pd.DataFrame:
     fields = [r.fields for r in records]
     numeric = [f.name for f in schema.features if f.kind == "numeric"]
     block = _numeric_block(fields, numeric)

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -127,6 +129,25 @@ class Metrics:
                 self.review_verdicts.labels(name, verdict)
         for component in COMPONENTS:
             self.errors.labels(component)
+
+    def observe_score_ratios(self, detector: str, ratios: npt.NDArray[np.float64]) -> None:
+        """Add a batch's score/threshold ratios to vigil_score_threshold_ratio, as one `observe` per value
+        would (NaN counts in the sum only), with one increment per bucket instead of one call per record."""
+        child = self.score_ratio.labels(detector)
+        buckets, total = getattr(child, "_buckets", None), getattr(child, "_sum", None)
+        bounds = getattr(child, "_upper_bounds", None)
+        if buckets is None or total is None or bounds is None:     # not the prometheus-client we know
+            for value in ratios.tolist():
+                child.observe(value)
+            return
+        if not len(ratios):
+            return
+        total.inc(float(ratios.sum()))
+        # observe() counts a value in the first bucket whose upper bound is >= it (NaN is never <= a bound)
+        counts = np.bincount(np.searchsorted(np.asarray(bounds), ratios, side="left"), minlength=len(bounds) + 1)
+        for i, n in enumerate(counts[: len(bounds)].tolist()):
+            if n:
+                buckets[i].inc(n)
 
     def set_active_model(self, detector: str, version: int, threshold: float,
                          expected_rate: float, trained_at_s: float) -> None:

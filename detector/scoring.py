@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,13 +20,15 @@ import pandas as pd
 
 from detector.alerting import confirmed, first_times, within_floors
 from detector.config import AlertingConfig
+from detector.errors import StorageError
 from detector.frames import records_frame, to_json_value
+from detector.records import ValidRecord
 from detector.service import Vigil
-from detector.store.repository import PendingRecord, ScoredRecord
+from detector.store.repository import IngestScores, PendingRecord, ScoredRecord
 from training.errors import TrainingError
 from training.fit import FittedModel, ScoreResult
 
-__all__ = ["ActiveModel", "ModelCache", "Scorer"]
+__all__ = ["ActiveModel", "BatchScores", "ModelCache", "Scorer"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +81,20 @@ class ModelCache:
         return loaded
 
 
+@dataclass(frozen=True, slots=True)
+class BatchScores:
+    """What scoring a batch of records gives, by row: every score; the flagged rows' explanations, the
+    out-of-distribution notes of unusual rows, and why alert hygiene held back rows over the threshold."""
+
+    scores: list[float]
+    outliers: dict[int, dict[str, Any]]
+    ood: dict[int, dict[str, Any]]
+    suppressed: dict[int, str]
+
+
 class Scorer:
-    """Scores every pending record of a detector, batch by batch, exactly once per record."""
+    """Scores every record of a detector exactly once: as it is ingested (`score_and_store`), or later,
+    batch by batch, from the pending records the score job claims."""
 
     def __init__(self, vigil: Vigil, cache: ModelCache, concurrency: int | None = None) -> None:
         self._vigil = vigil
@@ -88,9 +104,65 @@ class Scorer:
         # model's neighbour search allocates distance chunks of 64 MiB and more per batch) and contention for
         # the same cores; bench/throughput.py part 5 measures it.
         self._slots = threading.BoundedSemaphore(concurrency or os.cpu_count() or 1)
+        # k-of-n confirmation reads the exceedances stored before a batch: batches of such a detector are
+        # scored and stored one at a time (on ingest and by the score job alike)
+        self._serial: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+
+    def _serialised(self, name: str) -> contextlib.AbstractContextManager[Any]:
+        if self._vigil.detector(name).alerting.confirm_k > 1:
+            return self._serial[name]
+        return contextlib.nullcontext()
+
+    def score_and_store(self, name: str, records: Sequence[ValidRecord],
+                        store: Callable[[IngestScores | None], None]) -> bool:
+        """Score a batch of just-validated records with the active model, then call `store` with the scores
+        (the records go in already scored, the flagged ones as outliers, in one transaction); returns
+        whether they were scored.
+
+        `store(None)` (the records wait as pending for the score job) when the detector scores on its
+        interval only (`scoring.on_ingest = false`), has no usable active model, needs earlier records to
+        score one (sequence mode), or scoring failed; what `store` raises is raised.
+        """
+        scores = None
+        started = time.perf_counter()
+        with self._serialised(name):
+            try:
+                scores = self._score_on_ingest(name, records)
+            except StorageError:
+                pass       # the store did not answer the model lookup: storing the batch fails the same way
+            except Exception as exc:   # the records must still be stored: the score job retries them
+                self._vigil.metrics.errors.labels("scoring").inc()
+                logger.error("scoring on ingest failed; the records wait for the score job",
+                             extra={"detector": name, "records": len(records), "error": str(exc)}, exc_info=exc)
+            store(scores)
+        if scores is None:
+            return False
+        self._count(name, scores.scores, scores.outliers, scores.ood, scores.suppressed, scores.threshold)
+        self._vigil.metrics.scoring_duration.labels(name).observe(time.perf_counter() - started)
+        return True
+
+    def _score_on_ingest(self, name: str, records: Sequence[ValidRecord]) -> IngestScores | None:
+        det = self._vigil.detector(name)
+        if not records or not det.scoring.on_ingest or self._vigil.stopping.is_set():
+            return None
+        active = self._cache.get(name)
+        if active is None or active.model.needs_history or active.model.schema != det.feature_schema:
+            return None      # no model yet, sequence mode, or features changed: the score job sees to them
+        with self._slots:
+            batch = self._score_rows(name, active, records)
+        return IngestScores(active.id, active.model.threshold.value, batch.scores, batch.outliers, batch.ood,
+                            batch.suppressed)
 
     def _score_batch(self, name: str, active: ActiveModel, pending: list[PendingRecord]) -> list[ScoredRecord]:
-        """Score a claimed batch: one model call, then explanations for the flagged and unusual rows only."""
+        """Score a claimed batch of pending records."""
+        batch = self._score_rows(name, active, pending)
+        outliers, ood, suppressed = batch.outliers, batch.ood, batch.suppressed
+        return [ScoredRecord(record.id, score, outliers.get(i), ood.get(i), suppressed.get(i))
+                for i, (record, score) in enumerate(zip(pending, batch.scores, strict=True))]
+
+    def _score_rows(self, name: str, active: ActiveModel, pending: Sequence[ValidRecord | PendingRecord],
+                    ) -> BatchScores:
+        """Score a batch: one model call, then explanations for the flagged and unusual rows only."""
         det = self._vigil.detector(name)
         model = active.model
         context = model.scoring.window > 1 or model.scoring.time_features
@@ -107,14 +179,13 @@ class Scorer:
         unusual = result.unseen.any(axis=1)
         if result.out_of_range is not None:
             unusual |= result.out_of_range.any(axis=1)
-        ood = {int(i): result.out_of_distribution(int(i)) for i in np.flatnonzero(unusual)}
+        ood = {int(i): note for i in np.flatnonzero(unusual) if (note := result.out_of_distribution(int(i)))}
         flagged = self._outside_maintenance(name, pending, np.flatnonzero(result.is_outlier))
         flagged, suppressed = self._alert_hygiene(name, det.alerting, result, frame, pending, flagged)
         outliers = self._explain(result, pending, flagged, det.scoring.top_contributions)
-        return [ScoredRecord(record.id, score, outliers.get(i), ood.get(i), suppressed.get(i))
-                for i, (record, score) in enumerate(zip(pending, result.scores.tolist(), strict=True))]
+        return BatchScores(result.scores.tolist(), outliers, ood, suppressed)
 
-    def _outside_maintenance(self, name: str, pending: list[PendingRecord],
+    def _outside_maintenance(self, name: str, pending: Sequence[ValidRecord | PendingRecord],
                              flagged: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
         """The flagged rows whose time lies in no maintenance window of the detector."""
         if not len(flagged):
@@ -127,7 +198,7 @@ class Scorer:
                            if not any(w.start <= ts < w.end for w in windows)], dtype=np.intp)
 
     def _alert_hygiene(self, name: str, alerting: AlertingConfig, result: ScoreResult, frame: pd.DataFrame,
-                       pending: list[PendingRecord], flagged: npt.NDArray[np.intp],
+                       pending: Sequence[ValidRecord | PendingRecord], flagged: npt.NDArray[np.intp],
                        ) -> tuple[npt.NDArray[np.intp], dict[int, str]]:
         """Drop the flagged rows whose top deviations are all within their floors, then those whose key has
         fewer than k of its last n records over the threshold; returns the rows kept and why each other
@@ -148,7 +219,7 @@ class Scorer:
             flagged = flagged[ok[flagged]]
         return flagged, suppressed
 
-    def _explain(self, result: ScoreResult, pending: list[PendingRecord],
+    def _explain(self, result: ScoreResult, pending: Sequence[ValidRecord | PendingRecord],
                  flagged: npt.NDArray[np.intp], top_k: int) -> dict[int, dict[str, Any]]:
         """Contributions and expected values of the flagged rows, by row."""
         if not len(flagged):
@@ -157,13 +228,14 @@ class Scorer:
         # ScoreResult.top_contributions for all these rows at once: one stable argsort, one division, and
         # the expected values converted column by column instead of through pandas row by row
         index = np.asarray(rows)
-        contributions = result.contributions[index]
+        contributions = result.contributions_at(index)      # these rows only: the rest are never computed
         scores = result.scores[index]
         order = np.argsort(-contributions, axis=1, kind="stable")[:, : max(top_k, 0)].tolist()
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             shares = (contributions / scores[:, np.newaxis]).tolist()
         names = result.feature_names
-        expected = _json_rows(result.expected.iloc[index])
+        expected_rows = result.expected_at(index)
+        expected = _json_rows(expected_rows)
         explained: dict[int, dict[str, Any]] = {}
         for r, i in enumerate(rows):
             row, share, values, fields = contributions[r].tolist(), shares[r], expected[r], pending[i].fields
@@ -174,7 +246,7 @@ class Scorer:
                      "share": _finite(share[j]) if positive else 0.0,
                      "actual": to_json_value(fields.get(names[j])), "expected": values[j]}
                     for j in order[r]],
-                "expected": dict(zip(result.expected.columns, values, strict=True)),
+                "expected": dict(zip(expected_rows.columns, values, strict=True)),
             }
         return explained
 
@@ -196,14 +268,18 @@ class Scorer:
         for _ in range(max_batches):
             if self._vigil.stopping.is_set():
                 break
-            with self._slots:
+            with self._serialised(name), self._slots:
                 started = time.perf_counter()
                 scored = self._vigil.repo.score_pending(
                     name, det.scoring.batch_size, active.id, active.model.threshold.value,
                     lambda pending: self._score_batch(name, active, pending))
             if not scored:
                 break
-            self._count(name, scored, active.model.threshold.value)
+            self._count(name, [s.score for s in scored],
+                        {i: s.outlier for i, s in enumerate(scored) if s.outlier is not None},
+                        {i: s.ood for i, s in enumerate(scored) if s.ood is not None},
+                        {i: s.suppressed for i, s in enumerate(scored) if s.suppressed is not None},
+                        active.model.threshold.value)
             metrics.scoring_duration.labels(name).observe(time.perf_counter() - started)
             total += len(scored)
             if len(scored) < det.scoring.batch_size:
@@ -212,23 +288,27 @@ class Scorer:
             logger.info("scored", extra={"detector": name, "records": total, "model_version": active.version})
         return total
 
-    def _count(self, name: str, scored: list[ScoredRecord], threshold: float) -> None:
+    def _count(self, name: str, scores: list[float], outliers: dict[int, Any], ood: dict[int, dict[str, Any]],
+               suppressed: dict[int, str], threshold: float) -> None:
         """Scored records, outliers, suppressed alerts, out-of-distribution notes and the score/threshold histogram."""
         metrics = self._vigil.metrics
-        metrics.records_scored.labels(name).inc(len(scored))
-        flagged = sum(1 for s in scored if s.outlier is not None)
-        if flagged:
-            metrics.outliers.labels(name).inc(flagged)
-        for reason, n in Counter(s.suppressed for s in scored if s.suppressed is not None).items():
+        metrics.records_scored.labels(name).inc(len(scores))
+        if outliers:
+            metrics.outliers.labels(name).inc(len(outliers))
+        for reason, n in Counter(suppressed.values()).items():
             metrics.alerts_suppressed.labels(name, reason).inc(n)
-        for s in scored:
-            if s.ood is not None:
-                for kind, features in s.ood.items():
-                    if features:
-                        metrics.out_of_distribution.labels(name, kind).inc()
-        histogram = metrics.score_ratio.labels(name)
-        for s in scored:
-            histogram.observe(s.score / threshold if threshold > 0 else float("inf"))
+        for note in ood.values():
+            for kind, features in note.items():
+                if features:
+                    metrics.out_of_distribution.labels(name, kind).inc()
+        metrics.observe_score_ratios(name, _ratios(scores, threshold))
+
+
+def _ratios(scores: Iterable[float], threshold: float) -> npt.NDArray[np.float64]:
+    values = np.fromiter(scores, dtype=np.float64)
+    if threshold > 0:
+        return values / threshold
+    return np.full(len(values), np.inf)
 
 
 def _finite(value: float) -> float | None:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from detector.config import Config, DetectorConfig
 from detector.errors import UnknownDetectorError
 from detector.metrics import UNKNOWN_DETECTOR, Metrics
-from detector.records import Batch, RecordValidator, Rejection
-from detector.store.repository import Repository
+from detector.records import Batch, RecordValidator, Rejection, ValidRecord
+from detector.store.repository import IngestScores, Repository
 
-__all__ = ["IngestResult", "Vigil"]
+__all__ = ["IngestResult", "IngestScorer", "Vigil"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,13 +25,25 @@ class IngestResult:
     rejected: list[Rejection]
 
 
+class IngestScorer(Protocol):
+    """Scores a batch as it is ingested (the daemon's Scorer), then stores it through `store`."""
+
+    def score_and_store(self, name: str, records: Sequence[ValidRecord],
+                        store: Callable[[IngestScores | None], None]) -> bool: ...
+
+
 class Vigil:
-    """Holds the config, the repository and the metrics; the jobs and the API act through it."""
+    """Holds the config, the repository and the metrics; the jobs and the API act through it.
+
+    With a `scorer` (the running daemon sets one) accepted records are scored as they are ingested and
+    stored already scored; without one they are stored pending, for the score job.
+    """
 
     def __init__(self, config: Config, repo: Repository, metrics: Metrics) -> None:
         self.config = config
         self.repo = repo
         self.metrics = metrics
+        self.scorer: IngestScorer | None = None
         self.stopping = threading.Event()
         self._validators: dict[str, RecordValidator] = {}
         self.use_config(config)
@@ -60,7 +73,14 @@ class Vigil:
             self.count_unknown_detector()
             raise UnknownDetectorError(name, list(self.config.detectors))
         batch: Batch = validator.validate_many(raws, start_index)
-        self.repo.add_batch(name, source, batch.accepted, batch.rejected, origin, watermark)
+
+        def store(scores: IngestScores | None) -> None:
+            self.repo.add_batch(name, source, batch.accepted, batch.rejected, origin, watermark, scores)
+
+        if self.scorer is not None and batch.accepted:
+            self.scorer.score_and_store(name, batch.accepted, store)
+        else:
+            store(None)
         if batch.accepted:
             self.metrics.records_ingested.labels(name, source).inc(len(batch.accepted))
         for rejection in batch.rejected:

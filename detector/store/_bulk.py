@@ -21,9 +21,9 @@ from detector import fastjson
 
 if TYPE_CHECKING:
     from detector.records import ValidRecord
-    from detector.store.repository import ScoredRecord
+    from detector.store.repository import IngestScores, ScoredRecord
 
-__all__ = ["ClaimedRow", "claim_pending", "insert_records", "mark_scored"]
+__all__ = ["ClaimedRow", "claim_pending", "insert_records", "insert_scored_records", "mark_scored"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,12 @@ ClaimedRow = tuple[int, datetime, str | None, dict[str, Any]]   # id, ts, key, f
 _INSERT_COLUMNS = "detector, ts, key, fields, source, ingested_at, state, is_outlier"
 _SQLITE_INSERT = f"INSERT INTO records ({_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0)"
 _PG_COPY = f"COPY records ({_INSERT_COLUMNS}) FROM STDIN"
+_SCORED_COLUMNS = f"{_INSERT_COLUMNS}, score, model_version_id, scored_at, ood"
+_SQLITE_INSERT_SCORED = (f"INSERT INTO records ({_SCORED_COLUMNS}) "
+                         "VALUES (?, ?, ?, ?, ?, ?, 'scored', ?, ?, ?, ?, ?)")
+_PG_COPY_SCORED = f"COPY records ({_SCORED_COLUMNS}) FROM STDIN"
+_PG_COPY_SCORED_IDS = f"COPY records (id, {_SCORED_COLUMNS}) FROM STDIN"
+_PG_NEW_IDS = "SELECT nextval(pg_get_serial_sequence('records', 'id')) FROM generate_series(1, %s)"
 _SQLITE_CLAIM = ("SELECT id, ts, key, fields FROM records WHERE detector = ? AND state = 'pending' "
                  "ORDER BY id LIMIT ?")
 _PG_CLAIM = ("SELECT id, ts, key, fields::text FROM records WHERE detector = %s AND state = 'pending' "
@@ -86,26 +92,83 @@ def insert_records(session: Session, detector: str, source: str, records: Sequen
 
 def _copy_records(session: Session, rows: list[tuple[str, datetime, str | None, dict[str, Any], str]],
                   now: datetime) -> None:
-    import psycopg
     from psycopg.types.json import Jsonb
+
+    with _statement(_PG_COPY):
+        now = _utc(now)
+        values = [(detector, _utc(ts), key, Jsonb(fields, fastjson.dumps_bytes), source, now, "pending", False)
+                  for detector, ts, key, fields, source in rows]
+    _copy(session, _PG_COPY, values)
+
+
+def _copy(session: Session, statement: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """COPY `rows` on the session's connection; failures raised as SQLAlchemy raises them."""
+    import psycopg
 
     connection = session.connection()
     driver = connection.connection.driver_connection
     if driver is None:
         raise RuntimeError("the session's connection has no driver connection")
-    with _statement(_PG_COPY):
-        now = _utc(now)
-        rows = [(detector, _utc(ts), key, fields, source) for detector, ts, key, fields, source in rows]
     try:
-        with driver.cursor() as cursor, cursor.copy(_PG_COPY) as copy:
-            for detector, ts, key, fields, source in rows:
-                copy.write_row((detector, ts, key, Jsonb(fields, fastjson.dumps_bytes), source, now, "pending", False))
+        with driver.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
     except psycopg.Error as exc:
         if driver.broken:
             connection.invalidate(exc)
-        raise DBAPIError.instance(_PG_COPY, None, exc, psycopg.Error) from exc
+        raise DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
     except (ValueError, OverflowError, TypeError) as exc:   # a value psycopg cannot dump
-        raise StatementError(f"({type(exc).__name__}) {exc}", _PG_COPY, None, exc) from exc
+        raise StatementError(f"({type(exc).__name__}) {exc}", statement, None, exc) from exc
+
+
+def insert_scored_records(session: Session, detector: str, source: str, records: Sequence[ValidRecord],
+                          scored: IngestScores, now: datetime) -> dict[int, int]:
+    """Insert accepted records already scored (state `scored`), in the session's transaction; returns the
+    new id of each flagged record (by its index in `records`), for its outlier row.
+
+    SQLite: one `executemany` for each run of unflagged records and one `execute` per flagged record
+    (its id is the cursor's lastrowid), in batch order. PostgreSQL: one COPY; when a record is flagged
+    the batch's ids are first drawn from the table's sequence in one query and written with the rows.
+    """
+    flagged = sorted(scored.outliers)
+    flags = [False] * len(records)
+    for i in flagged:
+        flags[i] = True
+    ood = [scored.ood.get(i) for i in range(len(records))] if scored.ood else [None] * len(records)
+    version = scored.model_version_id
+    if _is_sqlite(session):
+        with _statement(_SQLITE_INSERT_SCORED):
+            ingested = _sqlite_time(now)
+            rows = [(detector, _sqlite_time(r.ts), r.key, fastjson.dumps(r.fields), source, ingested, flag, score,
+                     version, ingested, None if note is None else fastjson.dumps(note))
+                    for r, flag, score, note in zip(records, flags, scored.scores, ood, strict=True)]
+        connection = session.connection()
+        ids: dict[int, int] = {}
+        start = 0
+        for i in flagged:
+            if start < i:
+                connection.exec_driver_sql(_SQLITE_INSERT_SCORED, rows[start:i])
+            ids[i] = int(connection.exec_driver_sql(_SQLITE_INSERT_SCORED, rows[i]).lastrowid)
+            start = i + 1
+        if start < len(rows):
+            connection.exec_driver_sql(_SQLITE_INSERT_SCORED, rows[start:])
+        return ids
+    from psycopg.types.json import Jsonb
+
+    statement = _PG_COPY_SCORED_IDS if flagged else _PG_COPY_SCORED
+    new_ids: list[int] = []
+    if flagged:
+        new_ids = [int(row[0]) for row in session.connection().exec_driver_sql(_PG_NEW_IDS, (len(records),)).all()]
+    with _statement(statement):
+        now = _utc(now)
+        values: list[tuple[Any, ...]] = [
+            (detector, _utc(r.ts), r.key, Jsonb(r.fields, fastjson.dumps_bytes), source, now, "scored", flag, score,
+             version, now, None if note is None else Jsonb(note, fastjson.dumps_bytes))
+            for r, flag, score, note in zip(records, flags, scored.scores, ood, strict=True)]
+    if flagged:
+        values = [(new_id, *row) for new_id, row in zip(new_ids, values, strict=True)]
+    _copy(session, statement, values)
+    return {i: new_ids[i] for i in flagged}
 
 
 def claim_pending(session: Session, detector: str, limit: int) -> list[ClaimedRow]:

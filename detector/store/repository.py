@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from detector.errors import StorageError, VigilError
 from detector.metrics import StoreSnapshot
 from detector.records import Rejection, ValidRecord
-from detector.store._bulk import claim_pending, insert_records, mark_scored
+from detector.store._bulk import claim_pending, insert_records, insert_scored_records, mark_scored
 from detector.store.tables import (
     MaintenanceWindowRow,
     ModelVersionRow,
@@ -30,6 +31,7 @@ from detector.store.tables import (
 
 __all__ = [
     "DetectorCounts",
+    "IngestScores",
     "ModelVersion",
     "OutlierView",
     "PendingRecord",
@@ -62,6 +64,21 @@ class ScoredRecord(NamedTuple):
     outlier: dict[str, Any] | None = None
     ood: dict[str, Any] | None = None
     suppressed: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IngestScores:
+    """Scores of a batch's accepted records, computed before they are stored (scoring on ingest): the
+    records go in as `scored` in the same transaction, with their outliers. Per record (in batch order)
+    its score; by record index, the explanations of the flagged ones, their out-of-distribution notes and
+    why alert hygiene held back a record over the threshold."""
+
+    model_version_id: int
+    threshold: float
+    scores: list[float]
+    outliers: dict[int, dict[str, Any]]
+    ood: dict[int, dict[str, Any]]
+    suppressed: dict[int, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +177,20 @@ class Repository:
 
         self._sessions = sessions
         self.reviews = Reviews(sessions)
+        # SQLite has one writer at a time; threads of this process that wait for it in SQLite's busy handler
+        # sleep 1 to 100 ms per try, long after the lock is free. The hot writers (ingest, scoring) queue
+        # here instead and take the database's write lock as soon as the previous one lets it go.
+        bind = sessions.kw.get("bind")
+        self._sqlite = bind is not None and bind.dialect.name == "sqlite"
+        self._writer = threading.Lock()
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        if not self._sqlite:
+            yield
+            return
+        with self._writer:
+            yield
 
     def dispose(self) -> None:
         """Close the pooled connections (for tools and tests; the daemon keeps them)."""
@@ -184,11 +215,28 @@ class Repository:
     # -- ingestion -------------------------------------------------------------------------
     def add_batch(self, detector: str, source: str, accepted: Sequence[ValidRecord],
                   rejected: Sequence[Rejection], origin: str | None = None,
-                  watermark: tuple[str, str] | None = None) -> None:
-        """Store a batch's accepted records, its rejections and (optionally) a source watermark at once."""
+                  watermark: tuple[str, str] | None = None, scored: IngestScores | None = None) -> None:
+        """Store a batch's accepted records, its rejections and (optionally) a source watermark at once.
+
+        With `scored` (one score per accepted record) the records are stored already scored, and the
+        flagged ones as outliers, in the same transaction; without it they wait as pending for the score job.
+        """
         now = datetime.now(UTC)
-        with self._tx("ingest") as session:
-            if accepted:
+        if scored is not None and len(scored.scores) != len(accepted):
+            raise ValueError(f"{len(scored.scores)} scores for {len(accepted)} accepted records")
+        with self._writing(), self._tx("ingest") as session:
+            if accepted and scored is not None:
+                ids = insert_scored_records(session, detector, source, accepted, scored, now)
+                if scored.outliers:
+                    session.execute(insert(OutlierRow), [
+                        {"record_id": ids[i], "detector": detector, "ts": accepted[i].ts, "key": accepted[i].key,
+                         "fields": accepted[i].fields, "score": scored.scores[i], "threshold": scored.threshold,
+                         "model_version_id": scored.model_version_id, "contributions": outlier["contributions"],
+                         "expected": outlier["expected"], "review_state": "unreviewed", "created_at": now,
+                         "ood": scored.ood.get(i)}
+                        for i, outlier in sorted(scored.outliers.items())
+                    ])
+            elif accepted:
                 insert_records(session, detector, source, accepted, now)
             if rejected:
                 session.execute(insert(RejectRow), [
@@ -217,24 +265,34 @@ class Repository:
                       scorer: Callable[[list[PendingRecord]], list[ScoredRecord]]) -> list[ScoredRecord]:
         """Claim up to `limit` pending records, score them and store results and outliers atomically."""
         now = datetime.now(UTC)
-        with self._tx("score") as session:
-            pending = [PendingRecord(*row) for row in claim_pending(session, detector, limit)]
-            if not pending:
-                return []
-            scored = scorer(pending)
-            mark_scored(session, scored, model_version_id, now)
-            by_id = {p.id: p for p in pending}
-            outliers = [
-                {"record_id": s.id, "detector": detector, "ts": by_id[s.id].ts, "key": by_id[s.id].key,
-                 "fields": by_id[s.id].fields, "score": s.score, "threshold": threshold,
-                 "model_version_id": model_version_id, "contributions": s.outlier["contributions"],
-                 "expected": s.outlier["expected"], "review_state": "unreviewed", "created_at": now,
-                 "ood": s.ood}
-                for s in scored if s.outlier is not None
-            ]
-            if outliers:
-                session.execute(insert(OutlierRow), outliers)
-            return scored
+        # the claim reads; on SQLite the write lock is taken only from the first write to the commit, so that
+        # ingestion goes on while the batch is scored
+        locked = False
+        try:
+            with self._tx("score") as session:
+                pending = [PendingRecord(*row) for row in claim_pending(session, detector, limit)]
+                if not pending:
+                    return []
+                scored = scorer(pending)
+                if self._sqlite:
+                    self._writer.acquire()
+                    locked = True
+                mark_scored(session, scored, model_version_id, now)
+                by_id = {p.id: p for p in pending}
+                outliers = [
+                    {"record_id": s.id, "detector": detector, "ts": by_id[s.id].ts, "key": by_id[s.id].key,
+                     "fields": by_id[s.id].fields, "score": s.score, "threshold": threshold,
+                     "model_version_id": model_version_id, "contributions": s.outlier["contributions"],
+                     "expected": s.outlier["expected"], "review_state": "unreviewed", "created_at": now,
+                     "ood": s.ood}
+                    for s in scored if s.outlier is not None
+                ]
+                if outliers:
+                    session.execute(insert(OutlierRow), outliers)
+                return scored
+        finally:
+            if locked:
+                self._writer.release()
 
     # -- training ----------------------------------------------------------------------------
     def training_window(self, detector: str, since: datetime, limit: int,

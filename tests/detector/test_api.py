@@ -479,8 +479,11 @@ def trained(client: TestClient, auth: dict[str, str], runtime: Runtime) -> Calla
     assert outcome.result == "success", outcome.message
 
     def ingest_and_score(records: list[dict[str, Any]]) -> int:
+        """POST `records`, let the score job score what waits; how many records were scored (on ingest or after)."""
+        before = runtime.vigil.repo.counts()["web"].scored
         assert client.post(URL, json=records, headers=auth).status_code == 200
-        return runtime.scorer.score("web")
+        runtime.scorer.score("web")
+        return runtime.vigil.repo.counts()["web"].scored - before
 
     return ingest_and_score
 

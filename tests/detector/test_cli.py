@@ -194,8 +194,10 @@ def test_train_then_list_and_score(vigil: Cli, vigil_all: CliAll,
     # the daemon's scorer (in this process) scores the window and flags a broken record
     rows = web_records(20, seed=2, start=1000)
     broken = {**rows[0], "load": 90.0, "cpu": 2.0}            # cpu far below what load implies
-    runtime.vigil.ingest("web", [broken], "http")
-    assert runtime.scorer.score("web") == 301
+    runtime.vigil.ingest("web", [broken], "http")      # scored on ingest: the model is active
+    assert runtime.scorer.score("web") == 300             # the window, ingested before the model
+    counts = runtime.vigil.repo.counts()["web"]
+    assert (counts.pending, counts.scored) == (0, 301)
 
     missing = {k: v for k, v in rows[1].items() if k != "region"}
     pd.DataFrame([*rows[2:], broken, missing]).to_csv(tmp_path / "check.csv", index=False)

@@ -72,6 +72,7 @@ max_records = 5000
 [detectors.web.scoring]
 interval = "1s"
 batch_size = 500
+on_ingest = {on_ingest}
 """
 
 
@@ -117,11 +118,11 @@ def metric(text: str, name: str, **labels: str) -> float | None:
 class Daemon:
     """`python -m detector.cli run` in a subprocess; stdout (JSON logs) goes to a file per start."""
 
-    def __init__(self, tmp_path: Path, epochs: int = 30, patience: int = 5) -> None:
+    def __init__(self, tmp_path: Path, epochs: int = 30, patience: int = 5, on_ingest: bool = True) -> None:
         self.dir = tmp_path
         self.port = free_port()
         self.config = tmp_path / "config.toml"
-        text = CONFIG.format(port=self.port, epochs=epochs, patience=patience)
+        text = CONFIG.format(port=self.port, epochs=epochs, patience=patience, on_ingest=str(on_ingest).lower())
         self.config.write_text(textwrap.dedent(text), encoding="utf-8")
         self.url = f"http://127.0.0.1:{self.port}"
         self.db = tmp_path / "state" / "vigil.db"
@@ -287,7 +288,46 @@ def test_daemon_learns_flags_and_explains_injected_anomalies(daemon: Daemon) -> 
     assert trained["detector"] == "web" and trained["version"] == 1
 
 
-def test_restart_after_sigkill_keeps_records_and_model(daemon: Daemon) -> None:
+@pytest.fixture
+def interval_daemon(tmp_path: Path) -> Iterator[Daemon]:
+    """A daemon that scores on its interval only (scoring.on_ingest = false): records wait as pending."""
+    d = Daemon(tmp_path, on_ingest=False)
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def test_records_posted_once_a_model_is_active_are_stored_scored(daemon: Daemon) -> None:
+    daemon.start()
+    _post_in_batches(daemon, normal_records(N_NORMAL, seed=2, start=START))
+    daemon.wait_for(daemon.settled, 90, "the first model and every record scored")
+    before = daemon.metrics()
+    later = START + timedelta(minutes=N_NORMAL)
+    extra = normal_records(200, seed=3, start=later) + injected_records(3, later + timedelta(minutes=200))
+    assert daemon.post(extra)["accepted"] == len(extra)
+    # answered 200 means stored and scored in one transaction: no record of the POST waits for the score job
+    [(pending,)] = query(daemon.db, "SELECT count(*) FROM records WHERE detector = 'web' AND state = 'pending'")
+    assert pending == 0
+    [(scored, version)] = query(daemon.db, "SELECT count(*), min(model_version_id) FROM records "
+                                           "WHERE detector = 'web' AND ts >= ? AND score IS NOT NULL",
+                                later.replace(tzinfo=None).isoformat(" "))
+    assert scored == len(extra)
+    assert version is not None
+    rows = query(daemon.db, "SELECT o.record_id, r.is_outlier, r.score, o.score, json_extract(r.fields, '$.kind') "
+                            "FROM outliers o JOIN records r ON r.id = o.record_id WHERE o.ts >= ?",
+                 later.replace(tzinfo=None).isoformat(" "))
+    assert sum(kind == "injected" for *_, kind in rows) >= 2
+    assert all(is_outlier == 1 and r_score == o_score for _, is_outlier, r_score, o_score, _ in rows)
+    after = daemon.metrics()
+    scored_before = metric(before, "vigil_records_scored_total", detector="web") or 0.0
+    assert metric(after, "vigil_records_scored_total", detector="web") == scored_before + len(extra)
+    count_before = metric(before, "vigil_score_threshold_ratio_count", detector="web") or 0.0
+    assert metric(after, "vigil_score_threshold_ratio_count", detector="web") == count_before + len(extra)
+
+
+def test_restart_after_sigkill_keeps_records_and_model(interval_daemon: Daemon) -> None:
+    daemon = interval_daemon
     daemon.start()
     _post_in_batches(daemon, normal_records(N_NORMAL, seed=2, start=START))
     daemon.wait_for(daemon.settled, 90, "the first model and every record scored")

@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from detector.errors import StorageError
 from detector.records import ValidRecord
-from detector.store.repository import PendingRecord, Repository, ScoredRecord
-from detector.store.tables import RecordRow
+from detector.store.repository import IngestScores, PendingRecord, Repository, ScoredRecord
+from detector.store.tables import OutlierRow, RecordRow
 
 T0 = datetime(2025, 3, 3, 12, 0, tzinfo=UTC)
 
@@ -109,3 +109,59 @@ def test_a_value_the_database_refuses_fails_the_batch(repo: Repository, engine: 
     assert repo.counts() == {}
     repo.add_batch("web", "http", records[:1], [])      # the connection is usable afterwards
     assert repo.counts()["web"].pending == 1
+
+
+def _scored_batch(version: int) -> tuple[list[ValidRecord], IngestScores]:
+    records = [ValidRecord(T0 + timedelta(seconds=i), f"k{i % 2}", {**FIELDS, "load": i / 3}) for i in range(6)]
+    note = {"unseen_category": ["region"], "out_of_range": []}
+    explanation = {"contributions": [{"feature": "load", "contribution": 5.0}], "expected": {"load": 0.25}}
+    # flagged rows first, in the middle and last: the SQLite path inserts the runs between them separately
+    scores = IngestScores(version, 1.0, [3.0, 0.1, float("inf"), 0.2, 0.3, 9.0],
+                          {0: explanation, 2: explanation, 5: explanation}, {2: note, 3: note}, {4: "confirmation"})
+    return records, scores
+
+
+def test_records_scored_on_ingest_are_stored_scored_with_their_outliers(
+        repo: Repository, sessions: sessionmaker[Session]) -> None:
+    version = repo.save_model("web", b"w", {}, 1.0, 1, None, None).id
+    repo.add_batch("web", "http", [ValidRecord(T0, "before", {"load": 0.0})], [])     # a pending one before
+    records, scores = _scored_batch(version)
+    repo.add_batch("web", "http", records, [], scored=scores)
+    with sessions() as session:
+        rows = session.scalars(select(RecordRow).order_by(RecordRow.id)).all()
+        outliers = session.scalars(select(OutlierRow).order_by(OutlierRow.id)).all()
+    assert rows[0].state == "pending" and rows[0].score is None
+    stored = rows[1:]
+    assert [(r.ts, r.key, r.fields) for r in stored] == [(r.ts, r.key, r.fields) for r in records]   # batch order
+    assert [(r.state, r.score, r.is_outlier, r.model_version_id, r.ood) for r in stored] == [
+        ("scored", 3.0, True, version, None), ("scored", 0.1, False, version, None),
+        ("scored", float("inf"), True, version, scores.ood[2]), ("scored", 0.2, False, version, scores.ood[3]),
+        ("scored", 0.3, False, version, None), ("scored", 9.0, True, version, None)]
+    assert all(r.scored_at is not None and r.scored_at.tzinfo == UTC for r in stored)
+    assert [o.record_id for o in outliers] == [stored[0].id, stored[2].id, stored[5].id]
+    assert [(o.ts, o.key, o.fields, o.score, o.threshold, o.model_version_id) for o in outliers] == [
+        (records[i].ts, records[i].key, records[i].fields, scores.scores[i], 1.0, version) for i in (0, 2, 5)]
+    assert [(o.contributions, o.expected, o.ood, o.review_state) for o in outliers] == [
+        (scores.outliers[i]["contributions"], scores.outliers[i]["expected"], scores.ood.get(i), "unreviewed")
+        for i in (0, 2, 5)]
+    counts = repo.counts()["web"]
+    assert (counts.pending, counts.scored, counts.outliers) == (1, 6, 3)
+    # nothing scored on ingest is claimed again
+    assert repo.score_pending("web", 100, version, 1.0, lambda p: [ScoredRecord(r.id, 0.0) for r in p]) == [
+        ScoredRecord(rows[0].id, 0.0)]
+
+
+def test_a_scored_batch_without_outliers_and_one_that_fails_store_nothing_twice(
+        repo: Repository, engine: Engine) -> None:
+    version = repo.save_model("web", b"w", {}, 1.0, 1, None, None).id
+    records, _ = _scored_batch(version)
+    repo.add_batch("web", "http", records, [], scored=IngestScores(version, 1.0, [0.1] * 6, {}, {}, {}))
+    assert (repo.counts()["web"].scored, repo.counts()["web"].outliers) == (6, 0)
+    with pytest.raises(ValueError, match="5 scores for 6 accepted records"):
+        repo.add_batch("web", "http", records, [], scored=IngestScores(version, 1.0, [0.1] * 5, {}, {}, {}))
+    naive = [*records[:3], ValidRecord(datetime(2025, 3, 3), None, {"load": 1.0})]
+    _, flagged = _scored_batch(version)
+    with pytest.raises(StorageError):
+        repo.add_batch("web", "http", naive, [], scored=IngestScores(version, 1.0, [3.0] * 4, {
+            0: flagged.outliers[0]}, {}, {}))
+    assert (repo.counts()["web"].scored, repo.counts()["web"].outliers) == (6, 0)    # the batch rolled back whole
