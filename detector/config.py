@@ -6,6 +6,7 @@ import logging
 import re
 import tomllib
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -469,9 +470,9 @@ class DetectorConfig(Section):
             raise ValueError(f"floors {unknown} name no numeric feature of this detector (numeric: {numeric})")
         return value
 
-    @property
+    @cached_property
     def feature_schema(self) -> Schema:
-        """The feature schema the model is trained on, in config order."""
+        """The feature schema the model is trained on, in config order (built once: the config is frozen)."""
         features = []
         for name, spec in self.features.items():
             if isinstance(spec, str):

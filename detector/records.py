@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import chain
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -290,10 +292,12 @@ class _ColumnCheck:
         extras = self._check_names(names)
         times = self._times()
         keys = self._keys()
-        columns = [self._feature(f) for f in self._v.schema.features]
+        rows = self._plain_numbers()
+        if rows is None:
+            rows = list(zip(*[self._feature(f) for f in self._v.schema.features], strict=True))
         feature_names = self._v.schema.names
         out: list[ValidRecord | None] = []
-        for i, (d, row) in enumerate(zip(self._dicts, zip(*columns, strict=True), strict=True)):
+        for i, (d, row) in enumerate(zip(self._dicts, rows, strict=True)):
             if not self._ok[i]:
                 out.append(None)
                 continue
@@ -352,6 +356,35 @@ class _ColumnCheck:
                 self._ok[i] = False
                 keys.append(None)
         return keys
+
+    def _plain_numbers(self) -> list[Sequence[Any]] | None:
+        """Every record's feature values at once when every feature is numeric and every record holds a
+        finite int or float for each (the common case): one tuple per record, ints as floats. None
+        otherwise: the column checks then run feature by feature."""
+        features = self._v.schema.features
+        if not features or not self._dicts or any(f.kind != "numeric" for f in features):
+            return None
+        names = self._v.schema.names
+        getter = itemgetter(*names)
+        try:
+            rows: list[Sequence[Any]] = (list(map(getter, self._dicts)) if len(names) > 1
+                                         else [(value,) for value in map(getter, self._dicts)])
+        except KeyError:           # a record lacks a feature (or is not an object)
+            return None
+        flat = list(chain.from_iterable(rows))
+        types = set(map(type, flat))
+        if not types <= _PLAIN_NUMBER:
+            return None
+        try:
+            block = np.fromiter(flat, dtype=np.float64, count=len(flat))
+        except OverflowError:      # an integer beyond float64
+            return None
+        if not np.isfinite(block).all():
+            return None
+        if int in types:
+            floats: list[list[float]] = block.reshape(len(rows), len(names)).tolist()
+            return list(floats)
+        return rows
 
     def _feature(self, feature: Feature) -> list[Any]:
         """The checked values of one feature, one per record (anything for a record left to `validate`)."""
