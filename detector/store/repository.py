@@ -183,6 +183,9 @@ class Repository:
         bind = sessions.kw.get("bind")
         self._sqlite = bind is not None and bind.dialect.name == "sqlite"
         self._writer = threading.Lock()
+        # bumped whenever this process changes a detector's active model (readers that cache the active
+        # version compare it instead of asking the store each time)
+        self.model_changes = 0
 
     @contextmanager
     def _writing(self) -> Iterator[None]:
@@ -473,7 +476,10 @@ class Repository:
                 session.execute(update(TrainingRunRow).where(TrainingRunRow.id == run_id).values(
                     result="success", finished_at=now, model_version_id=row.id,
                     message=f"model version {row.version} {'active' if activate else 'saved'}"))
-            return _model(row, with_weights=False)
+            saved = _model(row, with_weights=False)
+        if activate:
+            self.model_changes += 1
+        return saved
 
     def promote(self, detector: str, version: int) -> ModelVersion:
         """Make `version` the active model of `detector` (the active one is retired) in one transaction."""
@@ -491,7 +497,9 @@ class Repository:
                 ).values(status="retired"))
                 row.status, row.activated_at = "active", now
             session.flush()
-            return _model(row, with_weights=False)
+            promoted = _model(row, with_weights=False)
+        self.model_changes += 1
+        return promoted
 
     def rollback(self, detector: str) -> ModelVersion:
         """Activate the newest usable version older than the active one."""

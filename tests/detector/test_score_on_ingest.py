@@ -107,3 +107,16 @@ def test_without_an_active_model_records_wait_for_the_first_one(write_config: Ca
     counts = runtime.vigil.repo.counts()["web"]
     assert (counts.pending, counts.scored) == (30, 0)
     assert runtime.registry.get_sample_value("vigil_errors_total", {"component": "scoring"}) == 0
+
+
+def test_a_model_this_process_promotes_scores_the_next_batch(build: Callable[..., Runtime],
+                                                             trained_model: ModelVersion) -> None:
+    runtime = build()
+    assert runtime.vigil.ingest("web", normal(10, 3, LATER), "http").accepted == 10
+    m = trained_model
+    assert m.weights is not None
+    newer = runtime.vigil.repo.save_model("web", m.weights, m.meta, m.threshold, m.n_records, None, None)
+    assert runtime.vigil.ingest("web", normal(10, 4, LATER), "http").accepted == 10     # at once, not 1 s later
+    with runtime.vigil.repo._sessions() as session:
+        versions = [v for (v,) in session.execute(select(RecordRow.model_version_id).order_by(RecordRow.id))]
+    assert versions[10:] == [newer.id] * 10 and newer.id not in versions[:10]
