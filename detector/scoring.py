@@ -25,12 +25,14 @@ from detector.frames import records_frame, to_json_value
 from detector.records import ValidRecord
 from detector.service import Vigil
 from detector.store.repository import IngestScores, PendingRecord, ScoredRecord
+from detector.store.reviews import MaintenanceWindow
 from training.errors import TrainingError
 from training.fit import FittedModel, ScoreResult
 
-__all__ = ["ACTIVE_MODEL_MAX_AGE_S", "ActiveModel", "BatchScores", "ModelCache", "Scorer"]
+__all__ = ["ACTIVE_MODEL_MAX_AGE_S", "WINDOWS_MAX_AGE_S", "ActiveModel", "BatchScores", "ModelCache", "Scorer"]
 
 ACTIVE_MODEL_MAX_AGE_S = 1.0   # scoring on ingest sees a newly promoted model version within this long
+WINDOWS_MAX_AGE_S = 1.0        # and a maintenance window another process declared
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +126,8 @@ class Scorer:
         # k-of-n confirmation reads the exceedances stored before a batch: batches of such a detector are
         # scored and stored one at a time (on ingest and by the score job alike)
         self._serial: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._lock = threading.Lock()
+        self._window_cache: dict[str, tuple[float, int, list[MaintenanceWindow]]] = {}
 
     def _serialised(self, name: str) -> contextlib.AbstractContextManager[Any]:
         if self._vigil.detector(name).alerting.confirm_k > 1:
@@ -202,13 +206,29 @@ class Scorer:
         outliers = self._explain(result, pending, flagged, det.scoring.top_contributions)
         return BatchScores(result.scores.tolist(), outliers, ood, suppressed)
 
+    def _windows(self, name: str) -> list[MaintenanceWindow]:
+        """Every maintenance window of `name`, read from the store at most once per WINDOWS_MAX_AGE_S (at
+        once after this process added or deleted one): flagged rows are checked against them per batch."""
+        reviews = self._vigil.repo.reviews
+        with self._lock:
+            cached = self._window_cache.get(name)
+        now = time.monotonic()
+        if cached is not None and cached[1] == reviews.window_changes and now - cached[0] < WINDOWS_MAX_AGE_S:
+            return cached[2]
+        changes = reviews.window_changes
+        windows = reviews.windows(name)
+        with self._lock:
+            self._window_cache[name] = (now, changes, windows)
+        return windows
+
     def _outside_maintenance(self, name: str, pending: Sequence[ValidRecord | PendingRecord],
                              flagged: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
         """The flagged rows whose time lies in no maintenance window of the detector."""
         if not len(flagged):
             return flagged
         times = [pending[i].ts for i in flagged]
-        windows = self._vigil.repo.reviews.windows(name, (min(times), max(times)))
+        low, high = min(times), max(times)
+        windows = [w for w in self._windows(name) if w.start <= high and w.end > low]
         if not windows:
             return flagged
         return np.asarray([int(i) for i, ts in zip(flagged, times, strict=True)

@@ -98,6 +98,7 @@ class Reviews:
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
+        self.window_changes = 0    # bumped when this process adds or deletes a maintenance window
 
     @contextmanager
     def _session(self, operation: str, write: bool = False) -> Iterator[Session]:
@@ -194,7 +195,9 @@ class Reviews:
                                        created_at=datetime.now(UTC))
             session.add(row)
             session.flush()
-            return MaintenanceWindow(row.id, detector, start, end, reason, row.created_at)
+            window = MaintenanceWindow(row.id, detector, start, end, reason, row.created_at)
+        self.window_changes += 1
+        return window
 
     def windows(self, detector: str, overlapping: tuple[datetime, datetime] | None = None) -> list[MaintenanceWindow]:
         stmt = select(MaintenanceWindowRow).where(MaintenanceWindowRow.detector == detector)
@@ -208,6 +211,8 @@ class Reviews:
         with self._session("delete maintenance window", write=True) as session:
             result = session.execute(delete(MaintenanceWindowRow).where(
                 MaintenanceWindowRow.id == window_id, MaintenanceWindowRow.detector == detector))
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            deleted = bool(result.rowcount)  # type: ignore[attr-defined]
+        self.window_changes += 1
+        return deleted
 
 

@@ -4,6 +4,7 @@ transaction; it gives what the score job gives; when scoring fails or is off, re
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +121,17 @@ def test_a_model_this_process_promotes_scores_the_next_batch(build: Callable[...
     with runtime.vigil.repo._sessions() as session:
         versions = [v for (v,) in session.execute(select(RecordRow.model_version_id).order_by(RecordRow.id))]
     assert versions[10:] == [newer.id] * 10 and newer.id not in versions[:10]
+
+
+def test_a_maintenance_window_this_process_declares_applies_to_the_next_batch(build: Callable[..., Runtime]) -> None:
+    runtime = build()
+    first = _batch()
+    assert runtime.vigil.ingest("web", first, "http").accepted == 60
+    flagged_before = runtime.vigil.repo.counts()["web"].outliers
+    assert flagged_before >= 2                    # the windows of the detector were read (none) and kept
+    later = [dict(r, ts=(LATER + timedelta(days=1, minutes=i)).isoformat()) for i, r in enumerate(first)]
+    runtime.vigil.repo.reviews.add_window("web", LATER + timedelta(days=1), LATER + timedelta(days=2), "upgrade")
+    assert runtime.vigil.ingest("web", later, "http").accepted == 60
+    counts = runtime.vigil.repo.counts()["web"]
+    assert counts.outliers == flagged_before      # nothing of the second batch flagged: it lies in the window
+    assert counts.scored == 120
