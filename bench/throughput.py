@@ -302,15 +302,17 @@ def bare_forward(network: torch.nn.Module, x: torch.Tensor, bank_t: torch.Tensor
                  bank_sq: torch.Tensor | None, k: int) -> None:
     """The model's tensor work at its leanest, in bare torch: the network's forward pass and, for a hybrid
     model, the exact k-nearest search over its memory as the memory runs it (||b||^2 - 2 q.b as one fused
-    product per cache-sized chunk of queries, the two-stage top-k of training.memory._select, ||q||^2 added
-    to the k kept values), with nothing around it."""
+    product per cache-sized chunk of queries into one reused buffer, the two-stage top-k of
+    training.memory._select, ||q||^2 added to the k kept values), with nothing around it."""
     from training.memory import _QUERY_ELEMENTS, _select
 
     with torch.inference_mode():
         network(x)
         if bank_t is not None and bank_sq is not None:
-            for xb in x.split(max(1, min(512, _QUERY_ELEMENTS // bank_t.shape[1]))):
-                values, _ = _select(torch.addmm(bank_sq, xb, bank_t, alpha=-2.0), k)
+            step = max(1, min(512, _QUERY_ELEMENTS // bank_t.shape[1]))
+            buffer = torch.empty((min(step, len(x)), bank_t.shape[1]))     # reused: no page faults per chunk
+            for xb in x.split(step):
+                values, _ = _select(torch.addmm(bank_sq, xb, bank_t, alpha=-2.0, out=buffer[: len(xb)]), k)
                 (values + xb.square().sum(dim=1, keepdim=True)).clamp_min(0.0).sqrt()
 
 
