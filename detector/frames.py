@@ -22,15 +22,21 @@ _PLAIN_NUMBERS = frozenset({float, int, type(None)})
 
 
 def records_frame(records: Sequence[PendingRecord | ValidRecord], schema: Schema, context: bool = False,
-                  ) -> pd.DataFrame:
+                  numeric: npt.NDArray[np.float64] | None = None) -> pd.DataFrame:
     """One row per record, one column per schema feature (missing values as None/NaN).
 
     The numeric features of every record are read in one pass into a float64 block; when a record lacks
     one or holds something else than a number, those columns are built one by one instead. With
     `context` the frame also holds each record's timestamp and key (the training library's TS_COLUMN
-    and KEY_COLUMN), which sequence models and time features read.
+    and KEY_COLUMN), which sequence models and time features read. `numeric` [records, features], the
+    validator's block of an all-numeric batch, stands in for reading the fields.
     """
-    frame = _features_frame(records, schema)
+    names = schema.names
+    if (numeric is not None and numeric.shape == (len(records), len(names))
+            and all(f.kind == "numeric" for f in schema.features)):
+        frame = pd.DataFrame(numeric, columns=names)      # the validator's block: the same values
+    else:
+        frame = _features_frame(records, schema)
     if context:
         frame[TS_COLUMN] = pd.to_datetime([r.ts for r in records], utc=True)
         frame[KEY_COLUMN] = ["" if r.key is None else r.key for r in records]

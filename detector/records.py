@@ -13,6 +13,7 @@ from operator import itemgetter
 from typing import Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 from detector import fastjson
 from training.schema import Feature, Schema
@@ -75,6 +76,9 @@ class Batch:
 
     accepted: list[ValidRecord] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    # [accepted, features] float64: every feature's value of every accepted record, when the batch is all
+    # plain numbers (the scorer builds its frame from it instead of from the records' fields again)
+    numeric: npt.NDArray[np.float64] | None = None
 
 
 def _raw_text(raw: Any) -> str:
@@ -255,8 +259,11 @@ class RecordValidator:
         """
         now = datetime.now(UTC)
         raws = list(raws)
-        vouched = _ColumnCheck(self, raws, now).records() if self._columnar else [None] * len(raws)
+        check = _ColumnCheck(self, raws, now) if self._columnar else None
+        vouched = check.records() if check is not None else [None] * len(raws)
         batch = Batch()
+        if check is not None and check.block is not None and all(v is not None for v in vouched):
+            batch.numeric = check.block
         for offset, (raw, valid) in enumerate(zip(raws, vouched, strict=True)):
             outcome = valid or self.validate(raw, start_index + offset, now)
             if isinstance(outcome, Rejection):
@@ -281,6 +288,7 @@ class _ColumnCheck:
         self._v = validator
         self._now = now
         self._dicts: list[dict[Any, Any]] = [raw if type(raw) is dict else {} for raw in raws]
+        self.block: npt.NDArray[np.float64] | None = None    # set by the all-numbers path
         self._ok = [type(raw) is dict for raw in raws]
 
     def _drop(self, indices: Iterable[int]) -> None:
@@ -381,8 +389,9 @@ class _ColumnCheck:
             return None
         if not np.isfinite(block).all():
             return None
+        self.block = block.reshape(len(rows), len(names))
         if int in types:
-            floats: list[list[float]] = block.reshape(len(rows), len(names)).tolist()
+            floats: list[list[float]] = self.block.tolist()
             return list(floats)
         return rows
 

@@ -135,10 +135,12 @@ class Scorer:
         return contextlib.nullcontext()
 
     def score_and_store(self, name: str, records: Sequence[ValidRecord],
-                        store: Callable[[IngestScores | None], None]) -> bool:
+                        store: Callable[[IngestScores | None], None],
+                        numeric: npt.NDArray[np.float64] | None = None) -> bool:
         """Score a batch of just-validated records with the active model, then call `store` with the scores
         (the records go in already scored, the flagged ones as outliers, in one transaction); returns
-        whether they were scored.
+        whether they were scored. `numeric` (the validator's block of every record's values, when the
+        batch is all plain numbers) saves reading the fields again.
 
         `store(None)` (the records wait as pending for the score job) when the detector scores on its
         interval only (`scoring.on_ingest = false`), has no usable active model, needs earlier records to
@@ -148,7 +150,7 @@ class Scorer:
         started = time.perf_counter()
         with self._serialised(name):
             try:
-                scores = self._score_on_ingest(name, records)
+                scores = self._score_on_ingest(name, records, numeric)
             except StorageError:
                 pass       # the store did not answer the model lookup: storing the batch fails the same way
             except Exception as exc:   # the records must still be stored: the score job retries them
@@ -162,7 +164,8 @@ class Scorer:
         self._vigil.metrics.scoring_duration.labels(name).observe(time.perf_counter() - started)
         return True
 
-    def _score_on_ingest(self, name: str, records: Sequence[ValidRecord]) -> IngestScores | None:
+    def _score_on_ingest(self, name: str, records: Sequence[ValidRecord],
+                         numeric: npt.NDArray[np.float64] | None = None) -> IngestScores | None:
         det = self._vigil.detector(name)
         if not records or not det.scoring.on_ingest or self._vigil.stopping.is_set():
             return None
@@ -170,7 +173,7 @@ class Scorer:
         if active is None or active.model.needs_history or active.model.schema != det.feature_schema:
             return None      # no model yet, sequence mode, or features changed: the score job sees to them
         with self._slots:
-            batch = self._score_rows(name, active, records)
+            batch = self._score_rows(name, active, records, numeric)
         return IngestScores(active.id, active.model.threshold.value, batch.scores, batch.outliers, batch.ood,
                             batch.suppressed)
 
@@ -182,7 +185,7 @@ class Scorer:
                 for i, (record, score) in enumerate(zip(pending, batch.scores, strict=True))]
 
     def _score_rows(self, name: str, active: ActiveModel, pending: Sequence[ValidRecord | PendingRecord],
-                    ) -> BatchScores:
+                    numeric: npt.NDArray[np.float64] | None = None) -> BatchScores:
         """Score a batch: one model call, then explanations for the flagged and unusual rows only."""
         det = self._vigil.detector(name)
         model = active.model
@@ -195,7 +198,7 @@ class Scorer:
                     first[record.key] = record.ts
             earlier = self._vigil.repo.history(name, first, model.scoring.window - 1)
             history = records_frame(earlier, det.feature_schema, context=True)
-        frame = records_frame(pending, det.feature_schema, context=context)
+        frame = records_frame(pending, det.feature_schema, context=context, numeric=numeric)
         result = model.score(frame, history=history)
         unusual = result.unseen.any(axis=1)
         if result.out_of_range is not None:

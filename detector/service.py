@@ -8,6 +8,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 from detector.config import Config, DetectorConfig
 from detector.errors import UnknownDetectorError
 from detector.metrics import UNKNOWN_DETECTOR, Metrics
@@ -29,7 +32,8 @@ class IngestScorer(Protocol):
     """Scores a batch as it is ingested (the daemon's Scorer), then stores it through `store`."""
 
     def score_and_store(self, name: str, records: Sequence[ValidRecord],
-                        store: Callable[[IngestScores | None], None]) -> bool: ...
+                        store: Callable[[IngestScores | None], None],
+                        numeric: npt.NDArray[np.float64] | None = None) -> bool: ...
 
 
 class Vigil:
@@ -78,7 +82,7 @@ class Vigil:
             self.repo.add_batch(name, source, batch.accepted, batch.rejected, origin, watermark, scores)
 
         if self.scorer is not None and batch.accepted:
-            self.scorer.score_and_store(name, batch.accepted, store)
+            self.scorer.score_and_store(name, batch.accepted, store, batch.numeric)
         else:
             store(None)
         if batch.accepted:

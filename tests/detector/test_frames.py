@@ -60,3 +60,22 @@ def test_same_frame_as_row_by_row(case: str) -> None:
 def test_numeric_columns_are_float64() -> None:
     frame = records_frame(pending({"x0": 1, "x1": 2, "x2": 3}), NUMERIC)
     assert all(dtype == "float64" for dtype in frame.dtypes)
+
+
+def test_the_validators_numeric_block_gives_the_frame_the_fields_give() -> None:
+    from detector.records import RecordValidator
+
+    schema = Schema(features=(Feature(name="b", kind="numeric"), Feature(name="a", kind="numeric")))
+    validator = RecordValidator(schema, "ts", "host")
+    raws = [{"ts": "2026-01-01T00:00:00Z", "host": "h", "a": 1, "b": 2.5, "extra": "x"},
+            {"ts": "2026-01-01T00:01:00Z", "a": -3.25, "b": 10**15}]
+    batch = validator.validate_many(raws)
+    assert batch.numeric is not None and batch.numeric.shape == (2, 2)
+    from_block = records_frame(batch.accepted, schema, numeric=batch.numeric)
+    pd.testing.assert_frame_equal(from_block, records_frame(batch.accepted, schema))
+    assert list(from_block.columns) == ["b", "a"]
+    # anything the block path cannot vouch for: no block, the fields are read
+    later = "2026-01-01T00:02:00Z"
+    for odd in ({"ts": later, "a": None, "b": 1.0}, {"ts": "bad", "a": 1.0, "b": 1.0},
+                {"ts": later, "a": True, "b": 1.0}, {"ts": later, "a": "1", "b": 1.0}):
+        assert validator.validate_many([*raws, odd]).numeric is None, odd
