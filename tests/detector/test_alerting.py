@@ -72,13 +72,16 @@ def with_alerting(request: pytest.FixtureRequest, write_config: Callable[[str], 
         runtime = build_runtime(config, CollectorRegistry(), with_process_metrics=False)
         if request.param == "score_job":
             runtime.vigil.scorer = None
-        m = trained_model
-        assert m.weights is not None
-        runtime.vigil.repo.save_model("web", m.weights, m.meta, m.threshold, m.n_records, m.window_start,
-                                      m.window_end)
-        return runtime
+        return install(runtime, trained_model)
 
     return build
+
+
+def install(runtime: Runtime, m: ModelVersion) -> Runtime:
+    """Save the shared model version in the runtime's store as its active model."""
+    assert m.weights is not None
+    runtime.vigil.repo.save_model("web", m.weights, m.meta, m.threshold, m.n_records, m.window_start, m.window_end)
+    return runtime
 
 
 def score(runtime: Runtime, records: list[dict[str, Any]]) -> list[tuple[bool, float]]:

@@ -18,7 +18,7 @@ from detector.store.repository import ModelVersion
 from detector.store.tables import OutlierRow, RecordRow
 
 from .conftest import HTTP_DETECTOR
-from .test_alerting import LATER, normal, slow, spike, trained_model
+from .test_alerting import LATER, install, normal, slow, spike, trained_model
 
 __all__ = ["trained_model"]      # the shared model fixture
 
@@ -33,11 +33,7 @@ def build(write_config: Callable[..., Path], trained_model: ModelVersion, tmp_pa
         (tmp_path / folder).mkdir(exist_ok=True)
         runtime = build_runtime(load_config(write_config(text, f"{folder}/config.toml")), CollectorRegistry(),
                                 with_process_metrics=False)
-        m = trained_model
-        assert m.weights is not None
-        runtime.vigil.repo.save_model("web", m.weights, m.meta, m.threshold, m.n_records, m.window_start,
-                                      m.window_end)
-        return runtime
+        return install(runtime, trained_model)
 
     return make
 
