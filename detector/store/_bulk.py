@@ -136,8 +136,9 @@ def insert_scored_records(session: Session, detector: str, source: str, records:
     new id of each flagged record (by its index in `records`), for its outlier row.
 
     SQLite: one `executemany` for each run of unflagged records and one `execute` per flagged record
-    (its id is the cursor's lastrowid), in batch order. PostgreSQL: one COPY; when a record is flagged
-    the batch's ids are first drawn from the table's sequence in one query and written with the rows.
+    (its id is the cursor's lastrowid), in batch order. PostgreSQL: one COPY of the per-row values into
+    the session's staging table and one INSERT ... SELECT from it; when a record is flagged the batch's
+    ids are first drawn from the table's sequence in one query and copied with the rows.
     """
     flagged = sorted(scored.outliers)
     flags = [False] * len(records)

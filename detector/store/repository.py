@@ -6,7 +6,7 @@ import logging
 import threading
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -169,6 +169,16 @@ def _model(row: ModelVersionRow, with_weights: bool) -> ModelVersion:
     )
 
 
+def _outlier_row(record_id: int, detector: str, record: ValidRecord | PendingRecord, score: float, threshold: float,
+                 model_version_id: int, outlier: Mapping[str, Any], ood: dict[str, Any] | None,
+                 now: datetime) -> dict[str, Any]:
+    """The outliers-table row of a flagged record and its explanation."""
+    return {"record_id": record_id, "detector": detector, "ts": record.ts, "key": record.key,
+            "fields": record.fields, "score": score, "threshold": threshold, "model_version_id": model_version_id,
+            "contributions": outlier["contributions"], "expected": outlier["expected"],
+            "review_state": "unreviewed", "created_at": now, "ood": ood}
+
+
 class Repository:
     """The store's API in domain terms. Every method is one transaction."""
 
@@ -187,13 +197,8 @@ class Repository:
         # version compare it instead of asking the store each time)
         self.model_changes = 0
 
-    @contextmanager
-    def _writing(self) -> Iterator[None]:
-        if not self._sqlite:
-            yield
-            return
-        with self._writer:
-            yield
+    def _writing(self) -> AbstractContextManager[Any]:
+        return self._writer if self._sqlite else nullcontext()
 
     def dispose(self) -> None:
         """Close the pooled connections (for tools and tests; the daemon keeps them)."""
@@ -232,13 +237,9 @@ class Repository:
                 ids = insert_scored_records(session, detector, source, accepted, scored, now)
                 if scored.outliers:
                     session.execute(insert(OutlierRow), [
-                        {"record_id": ids[i], "detector": detector, "ts": accepted[i].ts, "key": accepted[i].key,
-                         "fields": accepted[i].fields, "score": scored.scores[i], "threshold": scored.threshold,
-                         "model_version_id": scored.model_version_id, "contributions": outlier["contributions"],
-                         "expected": outlier["expected"], "review_state": "unreviewed", "created_at": now,
-                         "ood": scored.ood.get(i)}
-                        for i, outlier in sorted(scored.outliers.items())
-                    ])
+                        _outlier_row(ids[i], detector, accepted[i], scored.scores[i], scored.threshold,
+                                     scored.model_version_id, outlier, scored.ood.get(i), now)
+                        for i, outlier in sorted(scored.outliers.items())])
             elif accepted:
                 insert_records(session, detector, source, accepted, now)
             if rejected:
@@ -282,14 +283,9 @@ class Repository:
                     locked = True
                 mark_scored(session, scored, model_version_id, now)
                 by_id = {p.id: p for p in pending}
-                outliers = [
-                    {"record_id": s.id, "detector": detector, "ts": by_id[s.id].ts, "key": by_id[s.id].key,
-                     "fields": by_id[s.id].fields, "score": s.score, "threshold": threshold,
-                     "model_version_id": model_version_id, "contributions": s.outlier["contributions"],
-                     "expected": s.outlier["expected"], "review_state": "unreviewed", "created_at": now,
-                     "ood": s.ood}
-                    for s in scored if s.outlier is not None
-                ]
+                outliers = [_outlier_row(s.id, detector, by_id[s.id], s.score, threshold, model_version_id,
+                                         s.outlier, s.ood, now)
+                            for s in scored if s.outlier is not None]
                 if outliers:
                     session.execute(insert(OutlierRow), outliers)
                 return scored
