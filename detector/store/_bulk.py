@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.exc import DBAPIError, StatementError
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError, StatementError
 from sqlalchemy.orm import Session
 
 from detector import fastjson
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from detector.records import ValidRecord
     from detector.store.repository import IngestScores, ScoredRecord
 
-__all__ = ["ClaimedRow", "claim_pending", "insert_records", "insert_scored_records", "mark_scored"]
+__all__ = ["ClaimedRow", "claim_pending", "forget_staging", "insert_records", "insert_scored_records", "mark_scored"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,13 @@ _PG_SCORED = (
 )
 
 
+def forget_staging(connection: Connection, *_: Any) -> None:
+    """After a rollback (engine event): the staging table may have been created in the transaction that
+    was rolled back, which drops it with the rest, so the next scored batch creates it again (IF NOT EXISTS)."""
+    with suppress(SQLAlchemyError):          # an invalidated connection: its next one starts without the flag
+        connection.info.pop(_STAGED, None)
+
+
 def _utc(value: datetime) -> datetime:
     """`value` in UTC; ValueError for a naive time, as the table type raises (OverflowError past year 9999)."""
     if value.tzinfo is None:
@@ -70,6 +78,8 @@ def _utc(value: datetime) -> datetime:
 
 def _sqlite_time(value: datetime) -> str:
     """The text SQLAlchemy's SQLite DATETIME stores for a UTC time (always with microseconds)."""
+    if value.tzinfo is UTC:           # the common case, in one call: "YYYY-MM-DD HH:MM:SS.ffffff+00:00" cut
+        return value.isoformat(" ", "microseconds")[:26]
     return _utc(value).replace(tzinfo=None).isoformat(" ", timespec="microseconds")
 
 
@@ -108,6 +118,27 @@ def _copy_records(session: Session, rows: list[tuple[str, datetime, str | None, 
         values = [(detector, _utc(ts), key, Jsonb(fields, fastjson.dumps_bytes), source, now, "pending", False)
                   for detector, ts, key, fields, source in rows]
     _copy(session, _PG_COPY, values)
+
+
+@contextmanager
+def _sqlite_cursor(session: Session, statement: str) -> Iterator[Any]:
+    """A cursor of the session's own sqlite3 connection (in its transaction); driver errors raised as
+    SQLAlchemy raises them."""
+    import sqlite3
+
+    connection = session.connection()
+    driver = connection.connection.driver_connection
+    if driver is None:
+        raise RuntimeError("the session's connection has no driver connection")
+    cursor = driver.cursor()
+    try:
+        yield cursor
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
+    except (ValueError, OverflowError, TypeError) as exc:   # a value sqlite3 cannot bind
+        raise StatementError(f"({type(exc).__name__}) {exc}", statement, None, exc) from exc
+    finally:
+        cursor.close()
 
 
 def _copy(session: Session, statement: str, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -152,16 +183,17 @@ def insert_scored_records(session: Session, detector: str, source: str, records:
             rows = [(detector, _sqlite_time(r.ts), r.key, fastjson.dumps(r.fields), source, ingested, flag, score,
                      version, ingested, None if note is None else fastjson.dumps(note))
                     for r, flag, score, note in zip(records, flags, scored.scores, ood, strict=True)]
-        connection = session.connection()
         ids: dict[int, int] = {}
-        start = 0
-        for i in flagged:
-            if start < i:
-                connection.exec_driver_sql(_SQLITE_INSERT_SCORED, rows[start:i])
-            ids[i] = int(connection.exec_driver_sql(_SQLITE_INSERT_SCORED, rows[i]).lastrowid)
-            start = i + 1
-        if start < len(rows):
-            connection.exec_driver_sql(_SQLITE_INSERT_SCORED, rows[start:])
+        with _sqlite_cursor(session, _SQLITE_INSERT_SCORED) as cursor:
+            start = 0
+            for i in flagged:       # the driver's own calls: SQLAlchemy's per-statement overhead, 30 times a batch
+                if start < i:
+                    cursor.executemany(_SQLITE_INSERT_SCORED, rows[start:i])
+                cursor.execute(_SQLITE_INSERT_SCORED, rows[i])
+                ids[i] = int(cursor.lastrowid or 0)
+                start = i + 1
+            if start < len(rows):
+                cursor.executemany(_SQLITE_INSERT_SCORED, rows[start:])
         return ids
     from psycopg.types.json import Jsonb
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import Engine, insert, select, text
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from detector.errors import StorageError
@@ -165,3 +165,18 @@ def test_a_scored_batch_without_outliers_and_one_that_fails_store_nothing_twice(
         repo.add_batch("web", "http", naive, [], scored=IngestScores(version, 1.0, [3.0] * 4, {
             0: flagged.outliers[0]}, {}, {}))
     assert (repo.counts()["web"].scored, repo.counts()["web"].outliers) == (6, 0)    # the batch rolled back whole
+
+
+def test_a_driver_error_in_the_scored_insert_is_the_orms_and_rolls_the_batch_back(repo: Repository) -> None:
+    """The scored insert runs on the driver's own cursor: a constraint it breaks (here a model version that
+    does not exist) still surfaces as SQLAlchemy's IntegrityError inside a StorageError, with nothing stored,
+    and the store takes the next batch."""
+    version = repo.save_model("web", b"w", {}, 1.0, 1, None, None).id
+    records, scores = _scored_batch(version)
+    missing = IngestScores(version + 1000, 1.0, scores.scores, scores.outliers, scores.ood, scores.suppressed)
+    with pytest.raises(StorageError) as caught:
+        repo.add_batch("web", "http", records, [], scored=missing)
+    assert isinstance(caught.value.cause, IntegrityError)
+    assert repo.counts() == {}
+    repo.add_batch("web", "http", records, [], scored=scores)
+    assert (repo.counts()["web"].scored, repo.counts()["web"].outliers) == (6, 3)
