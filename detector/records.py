@@ -289,6 +289,7 @@ class _ColumnCheck:
         self._now = now
         self._dicts: list[dict[Any, Any]] = [raw if type(raw) is dict else {} for raw in raws]
         self.block: npt.NDArray[np.float64] | None = None    # set by the all-numbers path
+        self._floats = False                                   # ... when every value was a float already
         self._ok = [type(raw) is dict for raw in raws]
 
     def _drop(self, indices: Iterable[int]) -> None:
@@ -303,6 +304,8 @@ class _ColumnCheck:
         rows = self._plain_numbers()
         if rows is None:
             rows = list(zip(*[self._feature(f) for f in self._v.schema.features], strict=True))
+        elif not extras and self._floats:
+            return self._float_records(times, keys)
         feature_names = self._v.schema.names
         out: list[ValidRecord | None] = []
         for i, (d, row) in enumerate(zip(self._dicts, rows, strict=True)):
@@ -319,6 +322,22 @@ class _ColumnCheck:
             out.append(ValidRecord(ts=times[i], key=keys[i], fields=fields))
         return out
 
+    def _float_records(self, times: list[datetime], keys: list[str | None]) -> list[ValidRecord | None]:
+        """Every record holds exactly the features, as floats, besides its time and key: its fields are a
+        copy of its own object without those two (the values are already what validation would give), in
+        the schema's order."""
+        ts_field, key_field = self._v.ts_field, self._v.key_field
+        names = tuple(self._v.schema.names)
+        copies = list(map(dict.copy, self._dicts))
+        for i, fields in enumerate(copies):
+            fields.pop(ts_field, None)
+            fields.pop(key_field, None)
+            if tuple(fields) != names:         # fields keep the schema's order, as `validate` gives them
+                copies[i] = {name: fields[name] for name in names}
+        new = tuple.__new__      # ValidRecord(ts, key, fields) without the generated __new__'s Python frame
+        return [new(ValidRecord, (ts, key, fields)) if ok else None
+                for ok, ts, key, fields in zip(self._ok, times, keys, copies, strict=True)]
+
     def _check_names(self, names: set[Any]) -> set[str]:
         """Leave records with an unusual field name to the per-record path; returns the extra fields' names."""
         v = self._v
@@ -330,20 +349,21 @@ class _ColumnCheck:
         return {str(n) for n in names - bad} - v._features.keys() - {v.ts_field, v.key_field}
 
     def _times(self) -> list[datetime]:
-        memo: dict[str, datetime] = {}
         times: list[datetime] = []
+        fromisoformat = datetime.fromisoformat
         for i, d in enumerate(self._dicts):
             value = d.get(self._v.ts_field)
             try:
-                if type(value) is str:
-                    ts = memo.get(value)
-                    if ts is None:
-                        ts = memo[value] = parse_timestamp(value, self._now)
-                else:
+                # ISO 8601 text in UTC (the common case) parses as is, to what parse_timestamp gives
+                ts = fromisoformat(value) if type(value) is str else None
+                if ts is None or ts.tzinfo is not UTC:
                     ts = parse_timestamp(value, self._now)
             except (ValueError, TypeError, OverflowError, OSError):
-                self._ok[i] = False
-                ts = self._now   # unused: the record goes to `validate`
+                try:
+                    ts = parse_timestamp(value, self._now)
+                except (ValueError, TypeError, OverflowError, OSError):
+                    self._ok[i] = False
+                    ts = self._now   # unused: the record goes to `validate`
             times.append(ts)
         return times
 
@@ -390,6 +410,7 @@ class _ColumnCheck:
         if not np.isfinite(block).all():
             return None
         self.block = block.reshape(len(rows), len(names))
+        self._floats = int not in types
         if int in types:
             floats: list[list[float]] = self.block.tolist()
             return list(floats)

@@ -288,3 +288,36 @@ def test_nan_literals_are_parsed_then_rejected(validator: RecordValidator) -> No
     assert len(batch.accepted) == 1
     assert [(r.index, r.field, r.reason) for r in batch.rejected] == [
         (0, "load", "not_finite"), (1, "cpu", "not_finite"), (2, "cpu", "not_finite")]
+
+
+@pytest.mark.parametrize("order", ["schema", "reversed"])
+def test_all_float_batch_fields_are_copies_in_schema_order(order: str) -> None:
+    """The all-floats path takes each record's own object as its fields: a copy (the caller's object is left
+    as it was), without the time and key, in the schema's order whatever order the client sent."""
+    schema = Schema(features=(Feature("a", "numeric"), Feature("b", "numeric"), Feature("c", "numeric")))
+    validator = RecordValidator(schema, ts_field="ts", key_field="host")
+    values = {"a": 1.5, "b": -2.0, "c": 3.25}
+    names = list(values) if order == "schema" else list(reversed(values))
+    raws = [{"ts": f"2025-03-03T10:00:0{i}+00:00", "host": f"web-{i}", **{n: values[n] + i for n in names}}
+            for i in range(3)]
+    before = [dict(raw) for raw in raws]
+    batch = validator.validate_many(raws)
+    assert not batch.rejected and batch.numeric is not None
+    assert raws == before and [list(r) for r in raws] == [list(b) for b in before]
+    for i, record in enumerate(batch.accepted):
+        assert list(record.fields) == ["a", "b", "c"]
+        assert record.fields == {n: values[n] + i for n in values}
+        assert record.fields is not raws[i]
+        assert record.ts == datetime(2025, 3, 3, 10, 0, i, tzinfo=UTC) and record.ts.tzinfo is UTC
+        assert record.key == f"web-{i}"
+
+
+@pytest.mark.parametrize("ts", ["2025-03-03T10:00:00Z", "2025-03-03T10:00:00z", " 2025-03-03T10:00:00+00:00 ",
+                                "2025-03-03T12:00:00+02:00", "2025-03-03T10:00:00", "2025-03-03 10:00:00.5+00:00",
+                                1741003200, 1741003200.25])
+def test_batch_times_match_parse_timestamp(ts: Any) -> None:
+    """The batch path's fast ISO parse gives what parse_timestamp gives, for every form it takes."""
+    schema = Schema(features=(Feature("a", "numeric"),))
+    batch = RecordValidator(schema, ts_field="ts", key_field="host").validate_many([{"ts": ts, "a": 1.0}])
+    assert not batch.rejected
+    assert batch.accepted[0].ts == parse_timestamp(ts, NOW) and batch.accepted[0].ts.tzinfo is UTC
