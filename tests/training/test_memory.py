@@ -111,16 +111,16 @@ def test_chunked_distances_give_the_same_answers(monkeypatch: pytest.MonkeyPatch
 @pytest.mark.parametrize("k", [1, 5, 9])
 @pytest.mark.parametrize("sort_bank", [False, True])
 def test_two_stage_selection_over_a_large_bank_is_exact(k: int, sort_bank: bool) -> None:
-    # 3,000 rows: 46 whole blocks of 64 and a tail of 56 columns, so the block-minimum stage runs; a sorted
+    # 6,000 rows: 46 whole blocks of 128 and a tail of 112 columns, so the block-minimum stage runs; a sorted
     # bank puts each query's neighbours into one or two adjacent blocks (the case a wrong shortcut breaks)
     rng = np.random.default_rng(k)
-    x = rng.normal(size=(3000, 3)).astype(np.float32)
+    x = rng.normal(size=(6000, 3)).astype(np.float32)
     if sort_bank:
         x = x[np.argsort(x[:, 0])]
-    x[2990:] = x[:10] + 1e-3          # near twins of early rows in the tail
-    q = np.concatenate([rng.normal(size=(60, 3)), x[:5], x[2995:]]).astype(np.float32)
-    exclude = torch.from_numpy(np.concatenate([rng.integers(-1, 3000, 60), np.arange(5), np.arange(2995, 3000)]))
-    memory, _ = NeighborMemory.build(x, k=k, size=3000, seed=0)
+    x[5990:] = x[:10] + 1e-3          # near twins of early rows in the tail
+    q = np.concatenate([rng.normal(size=(60, 3)), x[:5], x[5995:]]).astype(np.float32)
+    exclude = torch.from_numpy(np.concatenate([rng.integers(-1, 6000, 60), np.arange(5), np.arange(5995, 6000)]))
+    memory, _ = NeighborMemory.build(x, k=k, size=6000, seed=0)
     assert memory.bank.shape[0] // training.memory._BLOCK > 4 * k     # the two-stage path, not a plain top-k
     with torch.inference_mode():
         dist, idx = memory._nearest(torch.from_numpy(q), exclude)
@@ -130,7 +130,11 @@ def test_two_stage_selection_over_a_large_bank_is_exact(k: int, sort_bank: bool)
     np.testing.assert_array_equal(idx.numpy(), plain.numpy())
     expected = (values + torch.from_numpy(q).square().sum(dim=1, keepdim=True)).clamp_min(0.0).sqrt()
     np.testing.assert_array_equal(dist.numpy(), expected.numpy())
-    _, distance, _, neighbour_mean = _brute(x, q, k, exclude.numpy())
+    d = np.sqrt(((q.astype(np.float64)[:, None, :] - x.astype(np.float64)[None, :, :]) ** 2).sum(axis=2))
+    d[np.arange(len(q))[exclude.numpy() >= 0], exclude.numpy()[exclude.numpy() >= 0]] = np.inf
+    near = np.argsort(d, axis=1, kind="stable")[:, :k]
+    distance = np.take_along_axis(d, near, axis=1).mean(axis=1)
+    neighbour_mean = x.astype(np.float64)[near].mean(axis=1)
     result = memory.query(torch.from_numpy(q), exclude)
     # float32 ||q||^2 + ||b||^2 - 2 q.b loses about 1e-3 absolute to cancellation (the twins at 1e-3)
     np.testing.assert_allclose(result.distance.numpy(), distance, rtol=1e-4, atol=2e-3)
