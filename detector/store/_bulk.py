@@ -44,10 +44,13 @@ _PG_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS vigil_scored_stage (id bigint, ts 
 _PG_COPY_STAGE = "COPY vigil_scored_stage (id, ts, key, fields, is_outlier, score, ood) FROM STDIN"
 _PG_FROM_STAGE = (
     f"INSERT INTO records (id, {_SCORED_COLUMNS}) "
-    "SELECT coalesce(id, nextval(pg_get_serial_sequence('records', 'id'))), %s, ts, key, fields, %s, %s, 'scored', "
+    "SELECT coalesce(id, nextval(%s::regclass)), %s, ts, key, fields, %s, %s, 'scored', "
     "is_outlier, score, %s, %s, ood FROM vigil_scored_stage")
-_STAGED = "vigil_scored_stage"      # key in the driver connection's info: the staging table exists there
-_PG_NEW_IDS = "SELECT nextval(pg_get_serial_sequence('records', 'id')) FROM generate_series(1, %s)"
+# key in the driver connection's info: the staging table exists there; its value is the records id sequence,
+# looked up once (pg_get_serial_sequence in the statements themselves looked it up again for every row)
+_STAGED = "vigil_scored_stage"
+_PG_SEQUENCE = "SELECT pg_get_serial_sequence('records', 'id')"
+_PG_NEW_IDS = "SELECT nextval(%s::regclass) FROM generate_series(1, %s)"
 _SQLITE_CLAIM = ("SELECT id, ts, key, fields FROM records WHERE detector = ? AND state = 'pending' "
                  "ORDER BY id LIMIT ?")
 _PG_CLAIM = ("SELECT id, ts, key, fields::text FROM records WHERE detector = %s AND state = 'pending' "
@@ -199,12 +202,13 @@ def insert_scored_records(session: Session, detector: str, source: str, records:
 
     connection = session.connection()
     info = connection.connection.info          # lives as long as the database connection (and its temp table)
-    if not info.get(_STAGED):
+    sequence = info.get(_STAGED)
+    if not sequence:
         connection.exec_driver_sql(_PG_STAGE)
-        info[_STAGED] = True
+        sequence = info[_STAGED] = str(connection.exec_driver_sql(_PG_SEQUENCE).scalar_one())
     drawn: list[int] = []
     if flagged:
-        drawn = [int(row[0]) for row in connection.exec_driver_sql(_PG_NEW_IDS, (len(records),)).all()]
+        drawn = [int(row[0]) for row in connection.exec_driver_sql(_PG_NEW_IDS, (sequence, len(records))).all()]
     new_ids: list[int | None] = list(drawn) if drawn else [None] * len(records)
     with _statement(_PG_COPY_STAGE):
         now = _utc(now)
@@ -212,7 +216,7 @@ def insert_scored_records(session: Session, detector: str, source: str, records:
                    flag, score, None if note is None else Jsonb(note, fastjson.dumps_bytes))
                   for new_id, r, flag, score, note in zip(new_ids, records, flags, scored.scores, ood, strict=True)]
     _copy(session, _PG_COPY_STAGE, values)
-    connection.exec_driver_sql(_PG_FROM_STAGE, (detector, source, now, version, now))
+    connection.exec_driver_sql(_PG_FROM_STAGE, (sequence, detector, source, now, version, now))
     return {i: drawn[i] for i in flagged}
 
 
