@@ -63,6 +63,8 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "no-trim": {"training": {"first_window_trim": 0.0}},
     "wide": {"model": {"hidden": [64, 32], "latent": 8}},
     "mem50k": {"model": {"memory_size": 50000}},
+    "mem8k": {"model": {"memory_size": 8192}},
+    "mem4k": {"model": {"memory_size": 4096}},
     "no-trim-50k": {"training": {"first_window_trim": 0.0}, "model": {"memory_size": 50000}},
     "deep-50k": {"model": {"hidden": [128, 64], "latent": 16, "memory_size": 50000}},
     "deep": {"model": {"hidden": [128, 64], "latent": 16}},
