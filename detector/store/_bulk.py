@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from detector.records import ValidRecord
     from detector.store.repository import IngestScores, ScoredRecord
 
-__all__ = ["ClaimedRow", "claim_pending", "forget_staging", "insert_records", "insert_scored_records", "mark_scored"]
+__all__ = ["ClaimedRow", "claim_pending", "forget_staging", "insert_records", "insert_scored_records", "keep_staging",
+           "mark_scored"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ _PG_FROM_STAGE = (
 # key in the driver connection's info: the staging table exists there; its value is the records id sequence,
 # looked up once (pg_get_serial_sequence in the statements themselves looked it up again for every row)
 _STAGED = "vigil_scored_stage"
+_CREATED = "vigil_scored_stage_created"    # ... and was created in the connection's current transaction
 _PG_SEQUENCE = "SELECT pg_get_serial_sequence('records', 'id')"
 _PG_NEW_IDS = "SELECT nextval(%s::regclass) FROM generate_series(1, %s)"
 _SQLITE_CLAIM = ("SELECT id, ts, key, fields FROM records WHERE detector = ? AND state = 'pending' "
@@ -66,10 +68,18 @@ _PG_SCORED = (
 
 
 def forget_staging(connection: Connection, *_: Any) -> None:
-    """After a rollback (engine event): the staging table may have been created in the transaction that
-    was rolled back, which drops it with the rest, so the next scored batch creates it again (IF NOT EXISTS)."""
+    """After a rollback (engine event): when the staging table was created in the transaction rolled back,
+    it is gone with the rest, so the next scored batch creates it again."""
     with suppress(SQLAlchemyError):          # an invalidated connection: its next one starts without the flag
-        connection.info.pop(_STAGED, None)
+        if connection.info.pop(_CREATED, None):
+            connection.info.pop(_STAGED, None)
+
+
+def keep_staging(connection: Connection) -> None:
+    """After a commit (engine event): a staging table created in that transaction lasts as long as the
+    connection."""
+    with suppress(SQLAlchemyError):
+        connection.info.pop(_CREATED, None)
 
 
 def _utc(value: datetime) -> datetime:
@@ -206,6 +216,7 @@ def insert_scored_records(session: Session, detector: str, source: str, records:
     if not sequence:
         connection.exec_driver_sql(_PG_STAGE)
         sequence = info[_STAGED] = str(connection.exec_driver_sql(_PG_SEQUENCE).scalar_one())
+        info[_CREATED] = True
     drawn: list[int] = []
     if flagged:
         drawn = [int(row[0]) for row in connection.exec_driver_sql(_PG_NEW_IDS, (sequence, len(records))).all()]
