@@ -6,6 +6,7 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain
@@ -353,12 +354,11 @@ class _ColumnCheck:
         fromisoformat = datetime.fromisoformat
         for i, d in enumerate(self._dicts):
             value = d.get(self._v.ts_field)
-            try:
-                # ISO 8601 text in UTC (the common case) parses as is, to what parse_timestamp gives
-                ts = fromisoformat(value) if type(value) is str else None
-                if ts is None or ts.tzinfo is not UTC:
-                    ts = parse_timestamp(value, self._now)
-            except (ValueError, TypeError, OverflowError, OSError):
+            ts = None
+            if type(value) is str:     # ISO 8601 text in UTC (the common case) parses as is, as parse_timestamp
+                with suppress(ValueError):
+                    ts = fromisoformat(value)
+            if ts is None or ts.tzinfo is not UTC:
                 try:
                     ts = parse_timestamp(value, self._now)
                 except (ValueError, TypeError, OverflowError, OSError):

@@ -133,16 +133,22 @@ def _copy_records(session: Session, rows: list[tuple[str, datetime, str | None, 
     _copy(session, _PG_COPY, values)
 
 
+def _driver(session: Session) -> tuple[Connection, Any]:
+    """The session's connection and the driver's own connection under it."""
+    connection = session.connection()
+    driver = connection.connection.driver_connection
+    if driver is None:
+        raise RuntimeError("the session's connection has no driver connection")
+    return connection, driver
+
+
 @contextmanager
 def _sqlite_cursor(session: Session, statement: str) -> Iterator[Any]:
     """A cursor of the session's own sqlite3 connection (in its transaction); driver errors raised as
     SQLAlchemy raises them."""
     import sqlite3
 
-    connection = session.connection()
-    driver = connection.connection.driver_connection
-    if driver is None:
-        raise RuntimeError("the session's connection has no driver connection")
+    _, driver = _driver(session)
     cursor = driver.cursor()
     try:
         yield cursor
@@ -158,10 +164,7 @@ def _copy(session: Session, statement: str, rows: Sequence[tuple[Any, ...]]) -> 
     """COPY `rows` on the session's connection; failures raised as SQLAlchemy raises them."""
     import psycopg
 
-    connection = session.connection()
-    driver = connection.connection.driver_connection
-    if driver is None:
-        raise RuntimeError("the session's connection has no driver connection")
+    connection, driver = _driver(session)
     try:
         with driver.cursor() as cursor, cursor.copy(statement) as copy:
             for row in rows:
