@@ -275,14 +275,9 @@ def _scoring_times(tmp: Path, n_features: int, score: str, quick: bool, repeats:
     x = torch.from_numpy(fitted.preprocessor.transform(frame))
     network = fitted.network
     memory = getattr(fitted, "memory", None)
-    bank = memory.bank if memory is not None else None
-    k = memory.k if memory is not None else 0
-
-    bank_t = bank.T.contiguous() if bank is not None else None
-    bank_sq = bank.square().sum(dim=1) if bank is not None else None
 
     def bare() -> None:
-        bare_forward(network, x, bank_t, bank_sq, k)
+        bare_forward(network, x, memory)
 
     runs: dict[str, Callable[[], Any]] = {
         "bare": bare,
@@ -298,22 +293,28 @@ def _scoring_times(tmp: Path, n_features: int, score: str, quick: bool, repeats:
         vigil.repo.dispose()
 
 
-def bare_forward(network: torch.nn.Module, x: torch.Tensor, bank_t: torch.Tensor | None,
-                 bank_sq: torch.Tensor | None, k: int) -> None:
+def bare_forward(network: torch.nn.Module, x: torch.Tensor, memory: Any) -> None:
     """The model's tensor work at its leanest, in bare torch: the network's forward pass and, for a hybrid
-    model, the exact k-nearest search over its memory as the memory runs it (||b||^2 - 2 q.b as one fused
-    product per cache-sized chunk of queries into one reused buffer, the two-stage top-k of
-    training.memory._select, ||q||^2 added to the k kept values), with nothing around it."""
+    model, the exact k-nearest search over its memory as the memory runs it: where the memory uses its
+    bfloat16 screen (rows of 48 or more columns on a CPU with bfloat16 hardware), the memory's own search
+    (`NeighborMemory._nearest`); otherwise ||b||^2 - 2 q.b as one fused product per cache-sized chunk of
+    queries into one reused buffer, the two-stage top-k of training.memory._select, ||q||^2 added to the k
+    kept values, with nothing around it."""
     from training.memory import _QUERY_ELEMENTS, _select
 
     with torch.inference_mode():
         network(x)
-        if bank_t is not None and bank_sq is not None:
-            step = max(1, min(512, _QUERY_ELEMENTS // bank_t.shape[1]))
-            buffer = torch.empty((min(step, len(x)), bank_t.shape[1]))     # reused: no page faults per chunk
-            for xb in x.split(step):
-                values, _ = _select(torch.addmm(bank_sq, xb, bank_t, alpha=-2.0, out=buffer[: len(xb)]), k)
-                (values + xb.square().sum(dim=1, keepdim=True)).clamp_min(0.0).sqrt()
+        if memory is None:
+            return
+        if memory._screen_for(x) is not None:
+            memory._nearest(x, None)
+            return
+        bank_t, bank_sq, k = memory._bank_t, memory._bank_sq, memory.k
+        step = max(1, min(512, _QUERY_ELEMENTS // bank_t.shape[1]))
+        buffer = torch.empty((min(step, len(x)), bank_t.shape[1]))     # reused: no page faults per chunk
+        for xb in x.split(step):
+            values, _ = _select(torch.addmm(bank_sq, xb, bank_t, alpha=-2.0, out=buffer[: len(xb)]), k)
+            (values + xb.square().sum(dim=1, keepdim=True)).clamp_min(0.0).sqrt()
 
 
 def interleaved_medians(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
@@ -669,16 +670,13 @@ def bare_arithmetic(fitted: FittedModel, bodies: list[bytes]) -> float:
     frame = pd.DataFrame([r for body in bodies for r in json.loads(body)])[names]
     x = torch.from_numpy(fitted.inputs(frame))
     memory = fitted.memory
-    bank_t = memory.bank.T.contiguous() if memory is not None else None
-    bank_sq = memory.bank.square().sum(dim=1) if memory is not None else None
-    k = memory.k if memory is not None else 0
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        bare_forward(fitted.network, x[:POST_RECORDS], bank_t, bank_sq, k)      # warm-up
+        bare_forward(fitted.network, x[:POST_RECORDS], memory)      # warm-up
         started = time.perf_counter()
         for xb in x.split(POST_RECORDS):
-            bare_forward(fitted.network, xb, bank_t, bank_sq, k)
+            bare_forward(fitted.network, xb, memory)
         return time.perf_counter() - started
     finally:
         torch.set_num_threads(threads)

@@ -126,17 +126,18 @@ def test_two_stage_selection_over_a_large_bank_is_exact(k: int, sort_bank: bool)
         dist, idx = memory._nearest(torch.from_numpy(q), exclude)
     partial = torch.addmm(memory._bank_sq, torch.from_numpy(q), memory._bank_t, alpha=-2.0)
     partial[torch.arange(len(q))[exclude >= 0], exclude[exclude >= 0]] = float("inf")
-    values, plain = torch.topk(partial, k, dim=1, largest=False, sorted=True)
+    _, plain = torch.topk(partial, k, dim=1, largest=False, sorted=True)
     np.testing.assert_array_equal(idx.numpy(), plain.numpy())
-    expected = (values + torch.from_numpy(q).square().sum(dim=1, keepdim=True)).clamp_min(0.0).sqrt()
-    np.testing.assert_array_equal(dist.numpy(), expected.numpy())
+    # the distances of the rows found are measured directly, ||q - b||, not from the expansion
+    direct = np.sqrt(((q[:, None, :].astype(np.float64) - x.astype(np.float64)[idx.numpy()]) ** 2).sum(axis=2))
+    np.testing.assert_allclose(dist.numpy(), direct, rtol=1e-6, atol=1e-6)
     d = np.sqrt(((q.astype(np.float64)[:, None, :] - x.astype(np.float64)[None, :, :]) ** 2).sum(axis=2))
     d[np.arange(len(q))[exclude.numpy() >= 0], exclude.numpy()[exclude.numpy() >= 0]] = np.inf
     near = np.argsort(d, axis=1, kind="stable")[:, :k]
     distance = np.take_along_axis(d, near, axis=1).mean(axis=1)
     neighbour_mean = x.astype(np.float64)[near].mean(axis=1)
     result = memory.query(torch.from_numpy(q), exclude)
-    # float32 ||q||^2 + ||b||^2 - 2 q.b loses about 1e-3 absolute to cancellation (the twins at 1e-3)
+    # the selection's float32 ||b||^2 - 2 q.b loses about 1e-3 absolute to cancellation (the twins at 1e-3)
     np.testing.assert_allclose(result.distance.numpy(), distance, rtol=1e-4, atol=2e-3)
     np.testing.assert_allclose(result.neighbour_mean.numpy(), neighbour_mean, rtol=1e-4, atol=2e-3)
 
@@ -210,3 +211,37 @@ def test_an_empty_query_gives_empty_results() -> None:
 def test_constructor_refuses_bad_shapes_and_k(bank: torch.Tensor, kdist: torch.Tensor, k: int, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         NeighborMemory(bank, kdist, k)
+
+
+@pytest.mark.parametrize("d", [48, 130])
+def test_the_bfloat16_screen_finds_the_same_neighbours_as_float32(monkeypatch: pytest.MonkeyPatch, d: int) -> None:
+    # correlated rows (4 factors plus noise, like the throughput benchmark's) and some far ones; queries
+    # include bank rows with their own row excluded (leave-one-out) and exact twins
+    rng = np.random.default_rng(d)
+    x = (rng.normal(size=(3000, 4)) @ rng.normal(size=(4, d)) + 0.3 * rng.normal(size=(3000, d))).astype(np.float32)
+    x[2990:] = x[:10]
+    x[:5] *= 20.0
+    q = np.concatenate([rng.normal(size=(70, 4)) @ rng.normal(size=(4, d)), x[:20]]).astype(np.float32)
+    exclude = torch.from_numpy(np.concatenate([np.full(70, -1), np.arange(20)]))
+    monkeypatch.setattr(training.memory, "native_bf16", lambda: True)
+    screened = NeighborMemory(torch.from_numpy(x), torch.ones(len(x)), 5)
+    plain = NeighborMemory(torch.from_numpy(x), torch.ones(len(x)), 5)
+    plain._screen = False
+    with torch.inference_mode():
+        dist, idx = screened._nearest(torch.from_numpy(q), exclude)
+        plain_dist, plain_idx = plain._nearest(torch.from_numpy(q), exclude)
+    assert isinstance(screened._screen, training.memory._Screen)      # the screen ran and passed its check
+    np.testing.assert_array_equal(idx.numpy(), plain_idx.numpy())
+    np.testing.assert_array_equal(dist.numpy(), plain_dist.numpy())
+    full = np.sqrt(((q[:, None, :].astype(np.float64) - x.astype(np.float64)[None]) ** 2).sum(axis=2))
+    full[np.arange(70, 90), np.arange(20)] = np.inf
+    np.testing.assert_allclose(dist.numpy(), np.sort(full, axis=1)[:, :5], rtol=1e-5, atol=1e-5)
+
+
+def test_the_screen_is_left_out_where_it_gains_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(training.memory, "native_bf16", lambda: True)
+    narrow = NeighborMemory(torch.randn(3000, 8), torch.ones(3000), 5)
+    wide = NeighborMemory(torch.randn(3000, 64), torch.ones(3000), 5)
+    assert narrow._screen_for(torch.zeros(1, 8)) is None and wide._screen_for(torch.zeros(1, 64)) is not None
+    monkeypatch.setattr(training.memory, "native_bf16", lambda: False)
+    assert NeighborMemory(torch.randn(3000, 64), torch.ones(3000), 5)._screen_for(torch.zeros(1, 64)) is None
