@@ -222,8 +222,9 @@ def part_scoring(quick: bool) -> Section:
         "`torch.inference_mode()` on the same batch, already encoded as a float32 tensor: the network's forward "
         "pass, plus, for the hybrid score, the exact nearest-neighbour search over the model's memory as the "
         "memory runs it (one distance matmul per cache-sized chunk of queries and the two-stage top-k: block "
-        "minima, then a top-k over the best blocks). One torch thread (the daemon's default); medians of runs "
-        "taken in turns.",
+        "minima, then a top-k over the best blocks; where the memory screens in bfloat16, at 48 or more "
+        "columns on a CPU with bfloat16 hardware, the memory's own search). One torch thread (the daemon's "
+        "default); medians of runs taken in turns.",
         ("detector", "score", "path", "Vigil (records/s)", "bare torch (records/s)", "ratio", "target", "result"))
     stages = Section("1b. Where the time of one batch goes", "Median milliseconds per 5,000-record batch.",
                      ("detector", "score", "records -> frame (detector)", "FittedModel.score (training library)",

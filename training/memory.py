@@ -265,8 +265,7 @@ class _Screen:
         backend that rounded differently would make the screen drop true neighbours)."""
         q = bank[:_SCREEN_CHECK_ROWS]
         a = self._values(q, torch.empty((len(q), self.width), dtype=torch.bfloat16), torch.empty((len(q), self.width)))
-        real = self.row[: self.width]
-        b = bank.double()[real]
+        b = bank.double()[self.row]
         exact = b.square().sum(dim=1) - 2.0 * (q.double() @ b.T)
         valid = torch.isfinite(self.bank_sq)
         error = self._error(q).repeat(1, _GROUP)           # position t * G + j is in group j
