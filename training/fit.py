@@ -595,6 +595,7 @@ def _score_parts(
     last = spec.n_inputs - spec.columns          # the scored record's columns start here
     features = _feature_matrix(model, device)
     hybrid = scoring.kind == "hybrid"
+    loss = torch.nn.functional.l1_loss if model.loss == "l1" else torch.nn.functional.mse_loss
     scores: list[npt.NDArray[np.float64]] = []
     recons: list[npt.NDArray[np.float32]] = []
     errors: list[npt.NDArray[np.float32]] = []          # per-feature error (reconstruction, elbo)
@@ -606,9 +607,8 @@ def _score_parts(
             xb = torch.from_numpy(x[start : start + batch_size]).to(device)
             rb = net(xb)
             own_x, own_r = xb[:, last : last + n_cols], rb[:, last : last + n_cols]
-            elem = torch.sub(own_r, own_x)
-            elem = elem.abs_() if model.loss == "l1" else elem.square_()
-            rec = elem.double().mean(dim=1)
+            elem = loss(own_r, own_x, reduction="none")     # one pass: the same values as (r - x)^2 or |r - x|
+            rec = elem.double().mean(dim=1)   # in float64: the contributions (float64 shares of elem) sum to it
             per_feature = _per_feature(elem, features)                       # [b, n_features]
             recons.append(own_r.float().cpu().numpy())
             if scoring.kind == "reconstruction":
