@@ -126,7 +126,11 @@ def machine() -> str:
         ram = f"{kib / 2**20:.0f} GiB"
     gpu = (f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})" if torch.cuda.is_available()
            else "no GPU")
-    return (f"{cpu}, {os.cpu_count()} CPUs (os.cpu_count()), {ram} RAM; {platform.platform()}; "
+    from training.memory import native_bf16
+
+    bf16 = "with" if native_bf16() else "without"
+    return (f"{cpu}, {os.cpu_count()} CPUs (os.cpu_count()), {bf16} bfloat16 hardware (AVX512-BF16 or AMX: the "
+            f"neighbour search's screen runs on it), {ram} RAM; {platform.platform()}; "
             f"Python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__}, "
             f"SQLite {sqlite3.sqlite_version}; GPU: {gpu}")
 
