@@ -63,6 +63,7 @@ sys.path.insert(0, str(REPO))
 # Only torch, numpy and the training library at import time: part 4 runs on a GPU machine that has nothing
 # else (no SQLAlchemy, FastAPI or pydantic); the parts that need the daemon import it themselves.
 from training.loop import EpochStats, TrainSettings, train_autoencoder  # noqa: E402
+from training.memory import native_bf16  # noqa: E402
 from training.model import AutoencoderSpec, DenseAutoencoder  # noqa: E402
 
 if TYPE_CHECKING:
@@ -126,8 +127,6 @@ def machine() -> str:
         ram = f"{kib / 2**20:.0f} GiB"
     gpu = (f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})" if torch.cuda.is_available()
            else "no GPU")
-    from training.memory import native_bf16
-
     bf16 = "with" if native_bf16() else "without"
     return (f"{cpu}, {os.cpu_count()} CPUs (os.cpu_count()), {bf16} bfloat16 hardware (AVX512-BF16 or AMX: the "
             f"neighbour search's screen runs on it), {ram} RAM; {platform.platform()}; "

@@ -341,11 +341,9 @@ class Scorer:
 
 
 def _scored_records(pending: Sequence[PendingRecord], batch: BatchScores) -> list[ScoredRecord]:
-    """One ScoredRecord per pending record: built from the columns at C speed (a record with nothing but a
-    score is the common case), then the few rows with an explanation, a note or a suppression replaced."""
-    n = len(pending)
-    scored = list(map(ScoredRecord._make, zip([record.id for record in pending], batch.scores,
-                                               *(itertools.repeat(None, n) for _ in range(3)), strict=True)))
+    """One ScoredRecord per pending record: id and score for all (a record with nothing but a score is the
+    common case), then the few rows with an explanation, a note or a suppression replaced."""
+    scored = list(itertools.starmap(ScoredRecord, zip([record.id for record in pending], batch.scores, strict=True)))
     outliers, ood, suppressed = batch.outliers, batch.ood, batch.suppressed
     for i in {*outliers, *ood, *suppressed}:
         scored[i] = ScoredRecord(scored[i].id, scored[i].score, outliers.get(i), ood.get(i), suppressed.get(i))
