@@ -62,9 +62,11 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
     "no-trim": {"training": {"first_window_trim": 0.0}},
     "wide": {"model": {"hidden": [64, 32], "latent": 8}},
-    "mem50k": {"model": {"memory_size": 50000}},
     "mem8k": {"model": {"memory_size": 8192}},
     "mem4k": {"model": {"memory_size": 4096}},
+    "exact": {"model": {"neighbor_search": "exact"}},
+    "previous": {"model": {"neighbor_search": "exact", "memory_size": 20000}},     # the default before 2026-12-02
+    "approx-20k": {"model": {"memory_size": 20000}},
     "no-trim-50k": {"training": {"first_window_trim": 0.0}, "model": {"memory_size": 50000}},
     "deep-50k": {"model": {"hidden": [128, 64], "latent": 16, "memory_size": 50000}},
     "deep": {"model": {"hidden": [128, 64], "latent": 16}},

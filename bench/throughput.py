@@ -313,7 +313,7 @@ def bare_forward(network: torch.nn.Module, x: torch.Tensor, memory: Any) -> None
         if memory._screen_for(x) is not None:
             memory._nearest(x, None)
             return
-        bank_t, bank_sq, k = memory._bank_t, memory._bank_sq, memory.k
+        (bank_t, bank_sq), k = memory._plain_parts(), memory.k
         step = max(1, min(512, _QUERY_ELEMENTS // bank_t.shape[1]))
         buffer = torch.empty((min(step, len(x)), bank_t.shape[1]))     # reused: no page faults per chunk
         for xb in x.split(step):

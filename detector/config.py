@@ -265,12 +265,13 @@ class ModelConfig(Section):
     scaling: Literal["standard", "robust"] = "standard"
     score: Literal["hybrid", "reconstruction", "elbo"] = "hybrid"
     neighbors: int = Field(default=5, gt=0, le=100)
-    memory_size: int = Field(default=20_000, ge=10, le=1_000_000)
+    memory_size: int = Field(default=50_000, ge=10, le=1_000_000)
     score_weights: tuple[float, float, float] = Field(default=(0.3, 1.0, 0.5))
     window: int = Field(default=1, ge=1, le=1024)
     arch: Literal["conv", "lstm"] = "conv"
     time_features: bool = False
     review_weight: float = Field(default=4.0, ge=0.0, le=100.0)
+    neighbor_search: Literal["approximate", "exact"] = "approximate"
     loss: Literal["mse", "l1", "bce"] = "mse"
     epochs: int = Field(default=100, gt=0)
     batch_size: int = Field(default=256, gt=0)

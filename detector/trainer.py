@@ -54,7 +54,7 @@ def settings_for(det: DetectorConfig) -> tuple[ModelSettings, TrainSettings, Thr
         sparsity_target=m.sparsity_target, contractive_weight=m.contractive_weight, beta=m.beta,
         scaling=m.scaling, score=m.score, neighbors=m.neighbors, memory_size=m.memory_size,
         weights=m.score_weights, window=m.window, arch=m.arch, time_features=m.time_features,
-        review_weight=m.review_weight)
+        review_weight=m.review_weight, neighbor_search=m.neighbor_search)
     train = TrainSettings(
         epochs=m.epochs, batch_size=m.batch_size, learning_rate=m.learning_rate, weight_decay=m.weight_decay,
         patience=m.patience, validation_fraction=m.validation_fraction, seed=m.seed, loss=m.loss,

@@ -32,7 +32,7 @@ from training.loop import (
     resolve_device,
     train_autoencoder,
 )
-from training.memory import NeighborMemory, nearest_distance
+from training.memory import SEARCHES, NeighborMemory, Search, nearest_distance
 from training.model import Activation, Arch, AutoencoderSpec, DenseAutoencoder, NoiseKind, SparsityKind, Variant
 from training.preprocess import Preprocessor, Scaling, numeric_block
 from training.schema import Schema
@@ -78,6 +78,9 @@ class ModelSettings:
     `review_weight` (hybrid, point-wise): when the fit is given outliers people confirmed, a record
     nearer to one of them than to its normal neighbours scores higher by review_weight * log(distance
     to its normal neighbours / distance to the nearest confirmed outlier); 0 turns it off.
+    `neighbor_search` (hybrid): how the nearest remembered rows are found, "exact" or "approximate" (among
+    the rows of the few k-means cells of the memory nearest to a record: faster, now and then a neighbour
+    missed; `training.memory.NeighborMemory`).
     """
 
     hidden: tuple[int, ...] = (64, 32)
@@ -95,14 +98,17 @@ class ModelSettings:
     scaling: Scaling = "standard"
     score: ScoreKind = "hybrid"
     neighbors: int = 5
-    memory_size: int = 20_000
+    memory_size: int = 50_000
     weights: tuple[float, float, float] = (0.3, 1.0, 0.5)
     window: int = 1
     arch: Arch = "dense"
     time_features: bool = False
     review_weight: float = 4.0
+    neighbor_search: Search = "approximate"
 
     def __post_init__(self) -> None:
+        if self.neighbor_search not in SEARCHES:
+            raise ValueError(f"ModelSettings.neighbor_search must be one of {SEARCHES}, got {self.neighbor_search!r}")
         if self.score not in SCORE_KINDS:
             raise ValueError(f"ModelSettings.score must be one of {SCORE_KINDS}, got {self.score!r}")
         if self.score == "elbo" and self.variant != "vae":
@@ -158,11 +164,14 @@ class Scoring:
     window: int = 1
     # how much being nearer to a confirmed outlier than to normal neighbours adds (hybrid; 0: off)
     review_weight: float = 0.0
+    # how the memory finds the nearest rows (hybrid): the search the threshold was calibrated with
+    search: Search = "exact"
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "weights": list(self.weights), "neighbors": self.neighbors,
                 "normalizer": None if self.normalizer is None else {k: list(v) for k, v in self.normalizer.items()},
-                "time_features": self.time_features, "window": self.window, "review_weight": self.review_weight}
+                "time_features": self.time_features, "window": self.window, "review_weight": self.review_weight,
+                "search": self.search}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Scoring:
@@ -173,11 +182,14 @@ class Scoring:
         weights = tuple(float(w) for w in d["weights"])
         if len(weights) != 3:
             raise ValueError("weights must have 3 numbers")
+        search = d.get("search", "exact")        # models stored before the approximate search: exact
+        if search not in SEARCHES:
+            raise ValueError(f"unknown neighbour search {search!r}")
         return cls(kind=kind, weights=(weights[0], weights[1], weights[2]), neighbors=int(d["neighbors"]),
                    normalizer=None if normalizer is None else {
                        str(k): (float(v[0]), float(v[1]), float(v[2])) for k, v in dict(normalizer).items()},
                    time_features=bool(d.get("time_features", False)), window=int(d.get("window", 1)),
-                   review_weight=float(d.get("review_weight", 0.0)))
+                   review_weight=float(d.get("review_weight", 0.0)), search=search)
 
 
 def min_rows_for(n_columns: int) -> int:
@@ -495,7 +507,7 @@ class FittedModel:
             if bank.ndim != 2 or bank.shape[1] != spec.n_inputs or kdist.shape != (bank.shape[0],):
                 raise ArtifactError(f"neighbour memory has shape {tuple(bank.shape)}, expected [m, {spec.n_inputs}]")
             try:
-                memory = NeighborMemory(bank, kdist, scoring.neighbors)
+                memory = NeighborMemory(bank, kdist, scoring.neighbors, scoring.search)
             except ValueError as exc:
                 raise ArtifactError(f"bad neighbour memory: {exc}") from exc
         incidents = extra.get(INCIDENTS)
@@ -761,12 +773,13 @@ def _hybrid_fit(
     error `base` of a network that never trained on it.
     """
     view = _memory_view(torch.from_numpy(np.ascontiguousarray(x)), model.window).numpy()
-    memory, kept = NeighborMemory.build(view, model.neighbors, model.memory_size, seed)
+    memory, kept = NeighborMemory.build(view, model.neighbors, model.memory_size, seed, model.neighbor_search)
     if model.window > 1:
         # the held-out rows are the newest ones: score them against a memory of the older rows only, as
         # overlapping windows next to them in time would otherwise be their nearest neighbours
         older = np.setdiff1d(np.arange(len(x)), rows)
-        calibration, _ = NeighborMemory.build(view[older], model.neighbors, model.memory_size, seed)
+        calibration, _ = NeighborMemory.build(view[older], model.neighbors, model.memory_size, seed,
+                                              model.neighbor_search)
         with torch.inference_mode():
             near = calibration.query(torch.from_numpy(np.ascontiguousarray(view[rows])))
     else:
@@ -779,7 +792,8 @@ def _hybrid_fit(
               "density": near.density.double().numpy()}
     review_weight = model.review_weight if incidents is not None else 0.0
     scoring = Scoring(kind="hybrid", weights=model.weights, neighbors=memory.k, normalizer=_normalizer(values),
-                      time_features=model.time_features, window=model.window, review_weight=review_weight)
+                      time_features=model.time_features, window=model.window, review_weight=review_weight,
+                      search=model.neighbor_search)
     tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in values.items()}
     affinity = None
     if incidents is not None and review_weight > 0:

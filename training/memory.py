@@ -7,15 +7,17 @@ nearest remembered rows see how unusual a row is among the normal ones it was tr
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-__all__ = ["NeighborMemory", "NeighborResult", "nearest_distance"]
+__all__ = ["SEARCHES", "NeighborMemory", "NeighborResult", "Search", "nearest_distance"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,15 @@ _SUPER = 8                  # groups per set in the screen's first upper bound
 _SCREEN_MIN_DIM = 48        # narrower rows: the float32 product is cheap, the screen gains nothing (32: even)
 _BF16_UNIT = 2.0 ** -8      # unit roundoff of bfloat16 (8 significant bits)
 _SCREEN_CHECK_ROWS = 64     # bank rows whose screened products are checked against float64 once per memory
+_LIST_ROWS = 640            # rows per cell of the approximate search's lists, on average (see _Lists)
+_LIST_PROBES = 4            # cells searched per query row
+_LISTS_MIN = 16             # memories of fewer cells' worth of rows (about 10,000): searched exactly
+_LIST_BLOCK = 32            # positions per block in the approximate search's selection
+_LIST_ELEMENTS = 1 << 22    # candidate distances per chunk of queries in the approximate search (16 MiB)
+_KMEANS_ROUNDS = 10         # Lloyd iterations per k-means of the cells
+
+Search = Literal["exact", "approximate"]
+SEARCHES: tuple[str, ...] = get_args(Search)
 
 
 @functools.cache
@@ -57,18 +68,29 @@ class NeighborResult:
 
 
 class NeighborMemory:
-    """Up to `size` encoded training rows `bank` [m, d] and each one's leave-one-out k-th distance."""
+    """Up to `size` encoded training rows `bank` [m, d] and each one's leave-one-out k-th distance.
 
-    def __init__(self, bank: torch.Tensor, kdist: torch.Tensor, k: int) -> None:
+    `search` is how `query` finds a row's k nearest remembered rows. "exact": among all of them.
+    "approximate": among the rows of the _LIST_PROBES cells (k-means cells of about _LIST_ROWS rows,
+    `_Lists`) whose centres lie nearest to the row, an eighth of a 20,000-row memory, about a twentieth of
+    a 50,000-row one. Now and then a true neighbour is missed, so a distance comes out too large, never too
+    small; the bank's own leave-one-out k-th distances are found the same way. Memories of fewer than
+    _LISTS_MIN cells' worth of rows are searched exactly either way.
+    """
+
+    def __init__(self, bank: torch.Tensor, kdist: torch.Tensor, k: int, search: Search = "exact") -> None:
         if bank.ndim != 2 or kdist.shape != (bank.shape[0],):
             raise ValueError(f"bank must be [m, d] and kdist [m], got {tuple(bank.shape)} and {tuple(kdist.shape)}")
         if not 1 <= k < bank.shape[0]:
             raise ValueError(f"k must be in [1, {bank.shape[0] - 1}] for a bank of {bank.shape[0]} rows, got {k}")
+        if search not in SEARCHES:
+            raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
         self.bank = bank.float().contiguous()
         self.kdist = kdist.float().contiguous()
         self.k = k
-        self._bank_sq = self.bank.square().sum(dim=1)
-        self._bank_t = self.bank.T.contiguous()
+        self.search: Search = search
+        self._lists: _Lists | bool | None = None          # built on the first approximate query; False: too few rows
+        self._plain: tuple[torch.Tensor, torch.Tensor] | None = None   # bank.T and ||b||^2, made on first use
         self._screen: _Screen | bool | None = None        # built on the first CPU query; False: not usable
         # Rows with k or more exact twins have a k-th distance of 0 (an idle host reporting the same
         # values): the density ratio divides by at least a tenth of the typical k-th distance instead.
@@ -77,22 +99,51 @@ class NeighborMemory:
 
     @classmethod
     def build(
-        cls, x: npt.NDArray[np.float32], k: int, size: int, seed: int
+        cls, x: npt.NDArray[np.float32], k: int, size: int, seed: int, search: Search = "exact",
     ) -> tuple[NeighborMemory, npt.NDArray[np.intp]]:
         """Remember a seeded sample of at most `size` rows of `x`; returns the memory and their row indices."""
         n = len(x)
         k = max(1, min(k, n - 2))
         rows = np.arange(n) if n <= size else np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
         bank = torch.from_numpy(np.ascontiguousarray(x[rows], dtype=np.float32))
-        memory = cls(bank, torch.zeros(len(rows)), k)
-        with torch.inference_mode():
-            dist, _ = memory._nearest(bank, torch.arange(len(rows)))
-        return cls(bank, dist[:, -1].contiguous(), k), rows
+        memory = cls(bank, torch.zeros(len(rows)), k, search)
+        lists = memory._lists_built()
+        with torch.inference_mode():     # leave-one-out: each remembered row without itself, found as `search` says
+            if lists is not None:
+                dist, _ = memory._approximate(lists, bank, torch.arange(len(rows)))
+            else:
+                dist, _ = memory._nearest(bank, torch.arange(len(rows)))
+        built = cls(bank, dist[:, -1].contiguous(), k, search)
+        built._lists = memory._lists          # the same bank: the same cells
+        return built, rows
 
     def to(self, device: torch.device) -> NeighborMemory:
         if self.bank.device == device:
             return self
-        return NeighborMemory(self.bank.to(device), self.kdist.to(device), self.k)
+        moved = NeighborMemory(self.bank.to(device), self.kdist.to(device), self.k, self.search)
+        lists = self._lists_built()
+        moved._lists = lists.to(device) if lists is not None else False
+        return moved
+
+    def _plain_parts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bank transposed [d, m] and its rows' squared norms [m], for the exact search's product."""
+        if self._plain is None:
+            self._plain = (self.bank.T.contiguous(), self.bank.square().sum(dim=1))
+        return self._plain
+
+    def _lists_built(self) -> _Lists | None:
+        """The cells of the approximate search (built on the first call, on the CPU, so that every device
+        searches the same cells); None for an exact memory or one too small for cells."""
+        if self.search != "approximate":
+            return None
+        if self._lists is None:
+            self._lists = False
+            if self.bank.shape[0] >= _LISTS_MIN * _LIST_ROWS:
+                bank = self.bank.cpu()
+                lists = _Lists(bank, _cells(bank, _LIST_ROWS, 2 * self.k))
+                if lists.usable(self.k):
+                    self._lists = lists.to(self.bank.device)
+        return self._lists if isinstance(self._lists, _Lists) else None
 
     def _screen_for(self, q: torch.Tensor) -> _Screen | None:
         """The bfloat16 screen of this bank, for queries on the CPU of a CPU with bfloat16 hardware and rows
@@ -125,7 +176,7 @@ class NeighborMemory:
         buffer = torch.empty((rows, width), device=q.device)
         screened = torch.empty((rows, width), dtype=torch.bfloat16) if screen is not None else None
         plain: tuple[torch.Tensor, torch.Tensor] | None = None
-        dists, index = [], []
+        found = []
         for start in range(0, len(q), step):
             qb = q[start : start + step]
             ex = exclude[start : start + step].to(q.device) if exclude is not None else None
@@ -134,8 +185,8 @@ class NeighborMemory:
                 idx = screen.nearest(bank, qb, ex, self.k, screened, buffer)
             if idx is None:
                 if plain is None:
-                    plain = (self._bank_t if self._bank_t.device == q.device else self._bank_t.to(q.device),
-                             self._bank_sq.to(q.device))
+                    bank_t, bank_sq = self._plain_parts()
+                    plain = (bank_t.to(q.device), bank_sq.to(q.device))
                 bank_t, bank_sq = plain
                 # ||b||^2 - 2 q.b in one fused product (||q||^2 is the same along a row)
                 partial = torch.addmm(bank_sq, qb, bank_t, alpha=-2.0,
@@ -145,22 +196,51 @@ class NeighborMemory:
                     if bool(hit.any()):
                         partial[hit.nonzero().squeeze(1), ex[hit]] = float("inf")
                 _, idx = _select(partial, self.k)
-            exact = (bank.index_select(0, idx.reshape(-1)).view(*idx.shape, -1) - qb.unsqueeze(1)).square_().sum(dim=2)
-            exact, order = torch.sort(exact, dim=1, stable=True)
-            dists.append(exact.sqrt_())
-            index.append(idx.gather(1, order))
-        if not dists:
-            empty = torch.empty((0, self.k), device=q.device)
-            return empty, empty.long()
-        return torch.cat(dists), torch.cat(index)
+            found.append(_measured(bank, qb, idx))
+        return _joined(found, self.k, q.device)
+
+    def _approximate(self, lists: _Lists, q: torch.Tensor,
+                     exclude: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like `_nearest`, among the rows of each query's nearest cells (`_Lists.nearest`)."""
+        bank = self.bank if self.bank.device == q.device else self.bank.to(q.device)
+        lists = lists if lists.device == q.device else lists.to(q.device)
+        step = max(1, _LIST_ELEMENTS // (lists.probes * lists.width))
+        buffer = torch.empty((min(step, len(q)) * lists.probes, lists.width), device=q.device)
+        found = []
+        for start in range(0, len(q), step):
+            qb = q[start : start + step]
+            ex = exclude[start : start + step].to(q.device) if exclude is not None else None
+            found.append(_measured(bank, qb, lists.nearest(qb, ex, self.k, buffer)))
+        return _joined(found, self.k, q.device)
 
     def query(self, q: torch.Tensor, exclude: torch.Tensor | None = None) -> NeighborResult:
-        """Distances, density ratios and neighbour means of query rows `q` [n, d]."""
-        dist, idx = self._nearest(q.float(), exclude)
+        """Distances, density ratios and neighbour means of query rows `q` [n, d] (found as `search` says);
+        `exclude` [n] names a bank row to leave out per query (its own, for leave-one-out), -1 for none."""
+        lists = self._lists_built()
+        if lists is not None:
+            dist, idx = self._approximate(lists, q.float(), exclude)
+        else:
+            dist, idx = self._nearest(q.float(), exclude)
         kdist = self.kdist.to(q.device)
         bank = self.bank if self.bank.device == q.device else self.bank.to(q.device)
         density = dist[:, -1] / kdist[idx].mean(dim=1).clamp_min(self._kdist_floor)
         return NeighborResult(dist.mean(dim=1), density, bank[idx].mean(dim=1))
+
+
+def _measured(bank: torch.Tensor, q: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distances ||q - b|| [n, k] to the bank rows `idx` [n, k] found for each query, computed directly and
+    ascending (ties in the order of `idx`), and those rows in the same order."""
+    exact = (bank.index_select(0, idx.reshape(-1)).view(*idx.shape, -1) - q.unsqueeze(1)).square_().sum(dim=2)
+    exact, order = torch.sort(exact, dim=1, stable=True)
+    return exact.sqrt_(), idx.gather(1, order)
+
+
+def _joined(parts: list[tuple[torch.Tensor, torch.Tensor]], k: int,
+            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    if not parts:
+        empty = torch.empty((0, k), device=device)
+        return empty, empty.long()
+    return torch.cat([dist for dist, _ in parts]), torch.cat([idx for _, idx in parts])
 
 
 def nearest_distance(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
@@ -307,3 +387,156 @@ class _Screen:
         index = torch.zeros(n * width, dtype=torch.long).index_copy_(0, flat, rows).view(n, width)
         _, j = torch.topk(padded, k, dim=1, largest=False, sorted=False)
         return index.gather(1, j)
+
+
+def _closest(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Index [n] of the nearest row of `centres` [c, d] to each row of `x` [n, d] (chunks of 16 Mi distances)."""
+    centres_t, centres_sq = centres.T.contiguous(), centres.square().sum(dim=1)
+    step = max(1, _CHUNK_ELEMENTS // len(centres))
+    return torch.cat([torch.addmm(centres_sq, x[start : start + step], centres_t, alpha=-2.0).argmin(dim=1)
+                      for start in range(0, len(x), step)])
+
+
+def _kmeans(x: torch.Tensor, c: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """Row indices of `x` [n, d] by k-means cell (c seeded random rows to start, _KMEANS_ROUNDS Lloyd steps);
+    empty cells left out."""
+    centres = x[torch.randperm(len(x), generator=generator)[:c]].clone()
+    for _ in range(_KMEANS_ROUNDS):
+        assign = _closest(x, centres)
+        counts = torch.bincount(assign, minlength=len(centres))
+        sums = torch.zeros_like(centres).index_add_(0, assign, x)
+        filled = counts > 0
+        centres[filled] = sums[filled] / counts[filled].unsqueeze(1)
+    assign = _closest(x, centres)
+    order = torch.argsort(assign, stable=True)
+    sizes = torch.bincount(assign, minlength=len(centres)).tolist()
+    return [cell for cell in torch.split(order, sizes) if len(cell)]
+
+
+def _cells(bank: torch.Tensor, rows: int, min_rows: int) -> list[torch.Tensor]:
+    """Bank row indices in compact cells of about `rows` rows: k-means (seeded: the same bank gives the same
+    cells), each cell above 1.5 times that split by k-means again (rows k-means cannot split are cut into
+    equal pieces). Of more identical rows than a cell holds, one cell's worth is kept (the rest are never
+    needed: a query's k nearest among them are as near as any). Cells below `min_rows` join the cell with
+    the nearest centre."""
+    generator = torch.Generator().manual_seed(0)
+    cap = max(rows + rows // 2, 2 * min_rows)
+    todo, cells = [torch.arange(len(bank))], []
+    while todo:
+        part = todo.pop()
+        if len(part) <= cap:
+            cells.append(part)
+            continue
+        block = bank[part]
+        if bool((block == block[0]).all()):
+            # identical rows (an idle host): any `cap` of them are as near to a query as all of them, so the
+            # search keeps one cell of them (pieces with one same centre would only take each other's probes)
+            cells.append(part[:cap])
+            continue
+        pieces = [part[cell] for cell in _kmeans(block, -(-len(part) // rows), generator)]
+        if len(pieces) == 1:
+            cells.extend(torch.tensor_split(part, -(-len(part) // rows)))
+        else:
+            todo.extend(pieces)
+    small = [cell for cell in cells if len(cell) < min_rows]
+    cells = [cell for cell in cells if len(cell) >= min_rows]
+    if small and cells:
+        centres = torch.stack([bank[cell].mean(dim=0) for cell in cells])
+        target = _closest(torch.stack([bank[cell].mean(dim=0) for cell in small]), centres).tolist()
+        for cell, j in zip(small, target, strict=True):
+            cells[j] = torch.cat([cells[j], cell])
+    return cells
+
+
+class _Lists:
+    """The cells of the approximate search (`_cells`), each as one list of positions (its rows, padded to
+    whole blocks of _LIST_BLOCK with rows that are never near: a squared norm of +inf).
+
+    A query's candidates are the rows of the `probes` cells whose centres (the mean of their rows) lie
+    nearest to it; among those the k nearest are found exactly, as `_select` does: block minima, then the k
+    blocks with the smallest minima. Per cell, the queries that probe it are multiplied with it in one
+    product, ||b||^2 - 2 q.b = [q, 1] . [-2 b, ||b||^2], so the sum costs no pass of its own; the products
+    of a chunk of queries go to one buffer of `width` (the widest cell's) columns per (query, cell) pair.
+    """
+
+    def __init__(self, bank: torch.Tensor, cells: list[torch.Tensor]) -> None:
+        m, d = bank.shape
+        self.widths = [-(-len(cell) // _LIST_BLOCK) * _LIST_BLOCK for cell in cells]
+        self.width = max(self.widths)
+        self.probes = min(_LIST_PROBES, len(cells))
+        self.rows = torch.full((len(cells), self.width), -1, dtype=torch.long)   # bank row per position
+        self.cell = torch.full((m,), -1, dtype=torch.long)                        # cell of each bank row (-1: none)
+        self.slot = torch.empty(m, dtype=torch.long)                              # its position there
+        self.products: list[torch.Tensor] = []                                    # per cell [d + 1, its width]
+        for j, cell in enumerate(cells):
+            self.rows[j, : len(cell)] = cell
+            self.cell[cell] = j
+            self.slot[cell] = torch.arange(len(cell))
+            product = torch.zeros((d + 1, self.widths[j]))
+            product[:d, : len(cell)] = -2.0 * bank[cell].T
+            product[d] = float("inf")
+            product[d, : len(cell)] = bank[cell].square().sum(dim=1)
+            self.products.append(product)
+        self.blocks = torch.tensor(self.widths) // _LIST_BLOCK                    # whole blocks per cell
+        centres = torch.stack([bank[cell].mean(dim=0) for cell in cells])
+        self.centres_t, self.centres_sq = centres.T.contiguous(), centres.square().sum(dim=1)
+        self.sizes = torch.tensor([len(cell) for cell in cells])
+        self.offsets = torch.arange(_LIST_BLOCK)
+        self.device = bank.device
+
+    def to(self, device: torch.device) -> _Lists:
+        moved = copy.copy(self)
+        for name in ("rows", "cell", "slot", "blocks", "centres_t", "centres_sq", "sizes", "offsets"):
+            setattr(moved, name, getattr(self, name).to(device))
+        moved.products = [product.to(device) for product in self.products]
+        moved.device = device
+        return moved
+
+    def usable(self, k: int) -> bool:
+        """Whether every query finds k candidates (k + 1 with one row left out) among its cells' rows."""
+        return self.probes * int(self.sizes.min()) > k
+
+    def nearest(self, q: torch.Tensor, exclude: torch.Tensor | None, k: int, buffer: torch.Tensor) -> torch.Tensor:
+        """Bank indices [n, k] of each query's k nearest rows among its cells' rows (in no particular order);
+        `buffer` holds at least n * probes rows of `width` float32 values."""
+        n, probes, width, block = len(q), self.probes, self.width, _LIST_BLOCK
+        blocks = width // block
+        near = torch.addmm(self.centres_sq, q, self.centres_t, alpha=-2.0)
+        probe = torch.topk(near, probes, dim=1, largest=False, sorted=False).indices       # [n, probes] cells
+        flat = probe.reshape(-1)
+        order = torch.argsort(flat, stable=True)              # the (query, cell) pairs, grouped by cell
+        owner = order.div(probes, rounding_mode="floor")      # the query of each grouped pair
+        cell_of = flat.index_select(0, order)                 # the cell of each grouped pair
+        augmented = torch.cat([q, torch.ones((n, 1), device=q.device)], dim=1)
+        a = buffer[: n * probes]
+        start = 0
+        for j, count in enumerate(torch.bincount(flat, minlength=len(self.products)).tolist()):
+            if count:
+                torch.mm(augmented.index_select(0, owner[start : start + count]), self.products[j],
+                         out=a[start : start + count, : self.widths[j]])
+                start += count
+        if exclude is not None:
+            left_out = exclude.index_select(0, owner)
+            known = left_out.clamp_min(0)
+            hit = (left_out >= 0) & (self.cell.index_select(0, known) == cell_of)
+            if bool(hit.any()):
+                pairs = hit.nonzero().squeeze(1)
+                a[pairs, self.slot.index_select(0, known.index_select(0, pairs))] = float("inf")
+        # block minima; the columns past a cell's width hold whatever was there before: its blocks count +inf
+        minima = a.view(n * probes, blocks, block).amin(dim=2)
+        past = torch.arange(blocks, device=q.device) >= self.blocks.index_select(0, cell_of).unsqueeze(1)
+        minima.masked_fill_(past, float("inf"))
+        grouped = torch.empty_like(order)
+        grouped[order] = torch.arange(len(order), device=q.device)      # grouped row of pair (i, p): i * probes + p
+        minima = minima.index_select(0, grouped).view(n, probes * blocks)
+        best_minima, best = torch.topk(minima, k, dim=1, largest=False, sorted=False)   # [n, k] blocks
+        pick, start_of = best.div(blocks, rounding_mode="floor"), best % blocks * block
+        columns = ((grouped.view(n, probes).gather(1, pick) * width + start_of).unsqueeze(2) + self.offsets)
+        values = torch.take(a, columns.view(n, k * block))
+        # a block past its cell's width is picked only when the cells hold fewer than k blocks: never its values
+        values.view(n, k, block).masked_fill_(torch.isinf(best_minima).unsqueeze(2), float("inf"))
+        _, chosen = torch.topk(values, k, dim=1, largest=False, sorted=False)
+        which = chosen.div(block, rounding_mode="floor")
+        found = self.rows[probe.gather(1, pick.gather(1, which)), start_of.gather(1, which) + chosen % block]
+        # -1 (padding) only for a query whose distances are NaN (inputs beyond float32): any row will do
+        return found.clamp_min_(0)

@@ -128,6 +128,8 @@ def test_bad_duration_names_key(write_raw: WriteConfig, extra: str, key: str) ->
         (BASE + "[detectors.web.threshold]\ntarget_fpr = 0.7\n", "detectors.web.threshold.target_fpr", "0.5"),
         (BASE + "[http]\nport = 70000\n", "http.port", "65535"),
         (BASE + "[detectors.web.model]\ndevice = 'gpu'\n", "detectors.web.model.device", "cuda:N"),
+        (BASE + "[detectors.web.model]\nneighbor_search = 'fast'\n", "detectors.web.model.neighbor_search",
+         "'approximate'"),
         (BASE + "[detectors.web.training]\ncron = '0 * * *'\n", "detectors.web.training.cron", "5 fields"),
         (BASE + "[detectors.web.training]\ncron = '0 * * * *'\ninterval = '1h'\n", "detectors.web.training",
          "not both"),
@@ -145,9 +147,9 @@ def test_bad_duration_names_key(write_raw: WriteConfig, extra: str, key: str) ->
          "required key is missing"),
     ],
     ids=["top-level", "section", "detector", "model", "http-source", "demo-source", "wrong-type",
-         "wrong-type-list", "negative-latent", "zero-width", "target-fpr", "port", "device", "cron-4-fields",
-         "interval-and-cron", "max-below-min", "log-level", "url-scheme", "feature-kind", "feature-table-key",
-         "feature-clash", "missing-source", "source-type", "file-source-no-path"],
+         "wrong-type-list", "negative-latent", "zero-width", "target-fpr", "port", "device", "neighbor-search",
+         "cron-4-fields", "interval-and-cron", "max-below-min", "log-level", "url-scheme", "feature-kind",
+         "feature-table-key", "feature-clash", "missing-source", "source-type", "file-source-no-path"],
 )
 def test_invalid_config_names_key(write_raw: WriteConfig, body: str, key: str, problem: str) -> None:
     path = write_raw(body)

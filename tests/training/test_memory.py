@@ -124,7 +124,8 @@ def test_two_stage_selection_over_a_large_bank_is_exact(k: int, sort_bank: bool)
     assert memory.bank.shape[0] // training.memory._BLOCK > 4 * k     # the two-stage path, not a plain top-k
     with torch.inference_mode():
         dist, idx = memory._nearest(torch.from_numpy(q), exclude)
-    partial = torch.addmm(memory._bank_sq, torch.from_numpy(q), memory._bank_t, alpha=-2.0)
+    bank_t, bank_sq = memory._plain_parts()
+    partial = torch.addmm(bank_sq, torch.from_numpy(q), bank_t, alpha=-2.0)
     partial[torch.arange(len(q))[exclude >= 0], exclude[exclude >= 0]] = float("inf")
     _, plain = torch.topk(partial, k, dim=1, largest=False, sorted=True)
     np.testing.assert_array_equal(idx.numpy(), plain.numpy())
