@@ -153,10 +153,10 @@ def synthetic(n: int, n_features: int, seed: int, anomaly_every: int = 0) -> np.
 
 def config_text(state_dir: Path, detectors: dict[str, int], store_url: str | None = None, port: int = 0,
                 scoring_interval: str = "5s", log_level: str = "warning", score: str | None = None) -> str:
-    """A daemon config: one `http` detector per entry (name -> number of numeric features); `score`
-    overrides the model's default score kind."""
+    """A daemon config: one `http` detector per entry (name -> number of numeric features); `score` names
+    one of VARIANTS (its lines go to each detector's [model] section)."""
     store = f'[store]\nurl = "{store_url}"\n' if store_url else ""
-    score_line = f'score = "{score}"' if score else ""
+    model_lines = VARIANTS[score][1] if score else ""
     parts = [textwrap.dedent(f"""
         [daemon]
         state_dir = "{state_dir}"
@@ -181,7 +181,7 @@ def config_text(state_dir: Path, detectors: dict[str, int], store_url: str | Non
             [detectors.{name}.model]
             epochs = 3
             device = "cpu"
-            {score_line}
+            """) + model_lines + textwrap.dedent(f"""
 
             [detectors.{name}.training]
             interval = "24h"
@@ -192,8 +192,11 @@ def config_text(state_dir: Path, detectors: dict[str, int], store_url: str | Non
     return "\n".join(parts)
 
 
-def train_for(det: DetectorConfig, n_rows: int = 20_000, epochs: int = 3) -> FittedModel:
-    """A model with the detector's (default) settings, trained briefly on synthetic normal rows."""
+TRAIN_ROWS = 50_000      # as many as the default memory remembers (and `training.max_records`)
+
+
+def train_for(det: DetectorConfig, n_rows: int = TRAIN_ROWS, epochs: int = 3) -> FittedModel:
+    """A model with the detector's settings, trained briefly on synthetic normal rows."""
     from detector.trainer import settings_for
     from training.fit import fit_model
 
@@ -206,7 +209,15 @@ def train_for(det: DetectorConfig, n_rows: int = 20_000, epochs: int = 3) -> Fit
 
 # -- part 1: scoring path --------------------------------------------------------------------------------
 
-SCORES = (("hybrid", "default (hybrid score)"), ("reconstruction", "score = \"reconstruction\""))
+# the model variants measured: name -> (label, lines of each detector's [model] section)
+VARIANTS = {
+    "hybrid": ("default (hybrid score; approximate search, memory of up to 50,000 rows)", ""),
+    "exact": ("hybrid, exact search, memory of up to 20,000 rows (the default until 2026-12-02)",
+              'neighbor_search = "exact"\nmemory_size = 20000'),
+    "reconstruction": ("score = \"reconstruction\"", 'score = "reconstruction"'),
+}
+SCORES = tuple((name, label) for name, (label, _) in VARIANTS.items())                  # parts 1 and 2
+MEMORY_SCORES = tuple((name, VARIANTS[name][0]) for name in ("hybrid", "reconstruction"))   # part 5
 
 
 def part_scoring(quick: bool) -> Section:
@@ -214,19 +225,22 @@ def part_scoring(quick: bool) -> Section:
         "1. Scoring path (no database)",
         "One claimed batch of `scoring.batch_size` (5,000) records, 1 in 100 an outlier, for detectors of 32 and "
         f"256 numeric features with the default model settings (hidden {list(DEFAULTS.hidden)}, latent "
-        f"{DEFAULTS.latent}), with the default "
-        "`hybrid` score (reconstruction error, distance to the 5 nearest of up to 20,000 remembered training rows, "
-        "local density) and with `score = \"reconstruction\"`. Two Vigil figures: the issue's scoring path, "
+        f"{DEFAULTS.latent}; trained on {TRAIN_ROWS:,} rows), with the default `hybrid` score (reconstruction "
+        "error, mean distance to the 5 nearest remembered training rows, local density; by default up to 50,000 "
+        "rows, searched among the 4 k-means cells nearest to each record: `model.neighbor_search = "
+        "\"approximate\"`), with the exact search over up to 20,000 rows (the default until 2026-12-02) and "
+        "with `score = \"reconstruction\"`. Two Vigil figures: the issue's scoring path, "
         "`FittedModel.score` on the batch's frame (preprocess, forward, threshold, contributions, decoded expected "
         "values, out-of-distribution masks: the training library), and the daemon's whole batch, "
         "`Scorer._score_batch` on the records as the store hands them over (`PendingRecord`s with a dict of "
         "fields: records to frame, `FittedModel.score`, explanations of the flagged rows, one maintenance-window "
         "lookup in an empty SQLite store). Baseline: the same model's tensor work in bare torch under "
         "`torch.inference_mode()` on the same batch, already encoded as a float32 tensor: the network's forward "
-        "pass, plus, for the hybrid score, the exact nearest-neighbour search over the model's memory as the "
-        "memory runs it (one distance matmul per cache-sized chunk of queries and the two-stage top-k: block "
-        "minima, then a top-k over the best blocks; where the memory screens in bfloat16, at 48 or more "
-        "columns on a CPU with bfloat16 hardware, the memory's own search). One torch thread (the daemon's "
+        "pass, plus, for the hybrid score, the nearest-neighbour search over the model's memory as the "
+        "memory runs it: the approximate search is the memory's own (`NeighborMemory._approximate`); the exact "
+        "one, one distance matmul per cache-sized chunk of queries and the two-stage top-k (block minima, then "
+        "a top-k over the best blocks), or, where the memory screens in bfloat16 (48 or more columns on a CPU "
+        "with bfloat16 hardware), the memory's own search. One torch thread (the daemon's "
         "default); medians of runs taken in turns.",
         ("detector", "score", "path", "Vigil (records/s)", "bare torch (records/s)", "ratio", "target", "result"))
     stages = Section("1b. Where the time of one batch goes", "Median milliseconds per 5,000-record batch.",
@@ -266,7 +280,7 @@ def _scoring_times(tmp: Path, n_features: int, score: str, quick: bool, repeats:
     path.write_text(config_text(tmp / "state", {name: n_features}, score=score), encoding="utf-8")
     config = load_config(path)
     det = config.detectors[name]
-    fitted = train_for(det, n_rows=5_000 if quick else 20_000)
+    fitted = train_for(det, n_rows=5_000 if quick else TRAIN_ROWS)
     vigil = Vigil(config, open_repository(config.store_url), metrics=_metrics())
     scorer = Scorer(vigil, ModelCache(vigil))
     active = ActiveModel(1, 1, fitted)
@@ -299,16 +313,20 @@ def _scoring_times(tmp: Path, n_features: int, score: str, quick: bool, repeats:
 
 def bare_forward(network: torch.nn.Module, x: torch.Tensor, memory: Any) -> None:
     """The model's tensor work at its leanest, in bare torch: the network's forward pass and, for a hybrid
-    model, the exact k-nearest search over its memory as the memory runs it: where the memory uses its
-    bfloat16 screen (rows of 48 or more columns on a CPU with bfloat16 hardware), the memory's own search
-    (`NeighborMemory._nearest`); otherwise ||b||^2 - 2 q.b as one fused product per cache-sized chunk of
-    queries into one reused buffer, the two-stage top-k of training.memory._select, ||q||^2 added to the k
-    kept values, with nothing around it."""
+    model, the k-nearest search over its memory as the memory runs it: the approximate search is the
+    memory's own (`NeighborMemory._approximate`), as is the exact one where it uses its bfloat16 screen (rows
+    of 48 or more columns on a CPU with bfloat16 hardware, `NeighborMemory._nearest`); otherwise
+    ||b||^2 - 2 q.b as one fused product per cache-sized chunk of queries into one reused buffer, the
+    two-stage top-k of training.memory._select, ||q||^2 added to the k kept values, with nothing around it."""
     from training.memory import _QUERY_ELEMENTS, _select
 
     with torch.inference_mode():
         network(x)
         if memory is None:
+            return
+        lists = memory._lists_built()
+        if lists is not None:
+            memory._approximate(lists, x, None)
             return
         if memory._screen_for(x) is not None:
             memory._nearest(x, None)
@@ -391,7 +409,7 @@ class Daemon:
                 models[n] = fitted
                 self.fitted[name] = fitted
                 weights, meta = fitted.to_artifact()
-                repo.save_model(name, weights, meta, fitted.threshold.value, 20_000, None, None)
+                repo.save_model(name, weights, meta, fitted.threshold.value, TRAIN_ROWS, None, None)
         finally:
             repo.dispose()
 
@@ -940,8 +958,8 @@ def part_memory(quick: bool) -> Section:
         f"`hybrid` score and with `score = \"reconstruction\"`. Idle: 15 s after the start, every model loaded. "
         f"Under load: {load_s:.0f} s of 100-record POSTs to all {n_detectors} detectors in turn, 2 connections in "
         "flight, scoring every 1 s; sampled every 0.25 s.",
-        ("state", *(label for _, label in SCORES)))
-    columns = [_memory_run(score, load_s, n_detectors, n_features) for score, _ in SCORES]
+        ("state", *(label for _, label in MEMORY_SCORES)))
+    columns = [_memory_run(score, load_s, n_detectors, n_features) for score, _ in MEMORY_SCORES]
     for i, state in enumerate(("at start (HTTP answering)", "idle, models loaded", "under load, max",
                                "under load, median", "3 s after the load", "records sent")):
         section.rows.append((state, *(column[i] for column in columns)))
