@@ -571,20 +571,25 @@ class _ErrorShares:
         return out
 
 
-def _feature_matrix(model: FittedModel, device: torch.device) -> torch.Tensor | None:
-    """[scored columns, n_features] 0/1: which encoded column of the scored record belongs to which
-    feature; None when that is the identity (one column per feature, in order)."""
+def _feature_columns(model: FittedModel, device: torch.device) -> torch.Tensor | None:
+    """[scored columns]: the feature (schema position) each encoded column of the scored record belongs
+    to; None when that is the identity (one column per feature, in order)."""
     pre = model.preprocessor
     if pre.n_columns == len(model.schema.features):
         return None
-    m = torch.zeros((pre.n_columns, len(model.schema.features)), device=device)
+    owner = torch.empty(pre.n_columns, dtype=torch.long)
     for j, name in enumerate(model.schema.names):
-        m[pre.feature_slices[name], j] = 1.0
-    return m
+        owner[pre.feature_slices[name]] = j
+    return owner.to(device)
 
 
 def _per_feature(values: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
-    return values if features is None else values @ features
+    """Per row, the sum of `values` [n, scored columns] over each feature's columns [n, n_features] (column
+    by column, in order: a row's sums do not depend on the other rows)."""
+    if features is None:
+        return values
+    out = torch.zeros((len(values), int(features.max()) + 1), dtype=values.dtype, device=values.device)
+    return out.index_add_(1, features, values)
 
 
 def _joined(pieces: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
@@ -592,27 +597,60 @@ def _joined(pieces: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
     return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
 
+class _HybridShares:
+    """Contributions of hybrid scores (ScoreResult.contributions) on demand: per row, `_blend` of the
+    reconstruction error per feature and the squared distance per feature to the mean of the row's
+    neighbours in the memory, the same float64 operations as when computed for all rows at once."""
+
+    __slots__ = ("bank", "columns", "features", "neighbours", "per_feature", "score", "weights", "x", "z")
+
+    def __init__(self, x: npt.NDArray[np.float32], columns: slice, bank: torch.Tensor,
+                 neighbours: npt.NDArray[np.int64], per_feature: npt.NDArray[np.float32],
+                 score: npt.NDArray[np.float64], z: dict[str, npt.NDArray[np.float64]],
+                 weights: tuple[float, float, float], features: torch.Tensor | None) -> None:
+        self.x = x                        # the network inputs; `columns`: the scored record's own
+        self.columns = columns
+        self.bank = bank.cpu()
+        self.neighbours = neighbours
+        self.per_feature = per_feature
+        self.score = score
+        self.z = z
+        self.weights = weights
+        self.features = features.cpu() if features is not None else None
+
+    def __call__(self, rows: Rows) -> npt.NDArray[np.float64]:
+        own = torch.from_numpy(np.ascontiguousarray(self.x[rows, self.columns]))
+        near = self.bank[torch.from_numpy(np.asarray(self.neighbours[rows]))][:, :, self.columns].mean(dim=1)
+        diff = _per_feature((own - near).square(), self.features)
+        z = {name: torch.from_numpy(np.asarray(values[rows])) for name, values in self.z.items()}
+        blended = _blend(torch.from_numpy(np.asarray(self.score[rows])), z, self.weights,
+                         torch.from_numpy(np.asarray(self.per_feature[rows])).double(), diff.double())
+        out: npt.NDArray[np.float64] = blended.numpy()
+        return out
+
+
 def _score_parts(
     model: FittedModel, x: npt.NDArray[np.float32], batch_size: int, device: torch.device, reviews: bool = True,
 ) -> _Parts:
     """Scores, per-feature contributions and reconstructions of network inputs `x`, batch by batch.
 
-    The contributions of reconstruction and elbo scores are left to compute on demand (from the per-feature
-    error, kept as float32); those of hybrid scores are computed here.
+    Contributions are left to compute on demand: from the per-feature error, kept as float32, and for
+    hybrid scores also from the neighbours found (`_HybridShares`).
     """
     net = model.network if device.type == "cpu" else copy.deepcopy(model.network).to(device)
     memory = model.memory.to(device) if model.memory is not None else None
     scoring, spec, pre = model.scoring, model.spec, model.preprocessor
     n, n_cols = len(x), pre.n_columns
     last = spec.n_inputs - spec.columns          # the scored record's columns start here
-    features = _feature_matrix(model, device)
+    features = _feature_columns(model, device)
     hybrid = scoring.kind == "hybrid"
     loss = torch.nn.functional.l1_loss if model.loss == "l1" else torch.nn.functional.mse_loss
     scores: list[npt.NDArray[np.float64]] = []
     recons: list[npt.NDArray[np.float32]] = []
-    errors: list[npt.NDArray[np.float32]] = []          # per-feature error (reconstruction, elbo)
+    errors: list[npt.NDArray[np.float32]] = []          # per-feature error
     factors: list[npt.NDArray[np.float64]] = []         # elbo: score / reconstruction error
-    contributions: list[npt.NDArray[np.float64]] = []   # hybrid
+    neighbours: list[npt.NDArray[np.int64]] = []        # hybrid: the memory rows nearest to each row
+    zs: dict[str, list[npt.NDArray[np.float64]]] = {name: [] for name in COMPONENTS}     # hybrid
     comps: dict[str, list[npt.NDArray[np.float64]]] = {name: [] for name in COMPONENTS}
     with torch.inference_mode():
         for start in range(0, max(n, 1), batch_size):
@@ -639,15 +677,17 @@ def _score_parts(
                 if reviews and model.incidents is not None and scoring.review_weight > 0:
                     affinity = _review_affinity(values["distance"], nearest_distance(xb, model.incidents), scoring)
                 score, z = _combine(values, scoring, affinity)
-                diff = _per_feature((xb[:, last:] - near.neighbour_mean[:, last:])[:, :n_cols].square(), features)
-                blended = _blend(score, z, scoring.weights, per_feature.double(), diff.double())
-                contributions.append(blended.cpu().numpy())
+                errors.append(per_feature.cpu().numpy())
+                neighbours.append(near.rows.cpu().numpy())
                 for name in COMPONENTS:
                     comps[name].append(values[name].cpu().numpy())
+                    zs[name].append(z[name].cpu().numpy())
             scores.append(score.cpu().numpy())
-    contrib: npt.NDArray[np.float64] | Callable[[Rows], npt.NDArray[np.float64]]
-    if hybrid:
-        contrib = _joined(contributions)
+    contrib: Callable[[Rows], npt.NDArray[np.float64]]
+    if hybrid and memory is not None:
+        contrib = _HybridShares(x, slice(last, last + n_cols), memory.bank, _joined(neighbours), _joined(errors),
+                                _joined(scores), {name: _joined(v) for name, v in zs.items()}, scoring.weights,
+                                features)
     else:
         contrib = _ErrorShares(_joined(errors), n_cols, _joined(factors) if factors else None)
     return _Parts(_joined(scores), contrib, _joined(recons),

@@ -56,15 +56,24 @@ def native_bf16() -> bool:
 
 class NeighborResult:
     """Per query row: mean distance to its k nearest remembered rows, its local density ratio (its
-    k-th distance over the mean k-th distance of those neighbours, as in LOF), and the neighbours'
-    mean row [n, d] (what the row "should" look like, for explanations)."""
+    k-th distance over the mean k-th distance of those neighbours, as in LOF), those rows [n, k] (bank
+    indices, nearest first), and their mean row [n, d] (what the row "should" look like, for
+    explanations; computed on first use)."""
 
-    __slots__ = ("density", "distance", "neighbour_mean")
+    __slots__ = ("_bank", "_mean", "density", "distance", "rows")
 
-    def __init__(self, distance: torch.Tensor, density: torch.Tensor, neighbour_mean: torch.Tensor) -> None:
+    def __init__(self, distance: torch.Tensor, density: torch.Tensor, bank: torch.Tensor, rows: torch.Tensor) -> None:
         self.distance = distance
         self.density = density
-        self.neighbour_mean = neighbour_mean
+        self.rows = rows
+        self._bank = bank
+        self._mean: torch.Tensor | None = None
+
+    @property
+    def neighbour_mean(self) -> torch.Tensor:
+        if self._mean is None:
+            self._mean = self._bank[self.rows].mean(dim=1)
+        return self._mean
 
 
 class NeighborMemory:
@@ -224,7 +233,7 @@ class NeighborMemory:
         kdist = self.kdist.to(q.device)
         bank = self.bank if self.bank.device == q.device else self.bank.to(q.device)
         density = dist[:, -1] / kdist[idx].mean(dim=1).clamp_min(self._kdist_floor)
-        return NeighborResult(dist.mean(dim=1), density, bank[idx].mean(dim=1))
+        return NeighborResult(dist.mean(dim=1), density, bank, idx)
 
 
 def _measured(bank: torch.Tensor, q: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
