@@ -510,6 +510,7 @@ class FittedModel:
                 memory = NeighborMemory(bank, kdist, scoring.neighbors, scoring.search)
             except ValueError as exc:
                 raise ArtifactError(f"bad neighbour memory: {exc}") from exc
+            memory.prepare()          # the approximate search's cells: made now, not by the first batch
         incidents = extra.get(INCIDENTS)
         if incidents is not None and (incidents.ndim != 2 or incidents.shape[1] != spec.n_inputs):
             raise ArtifactError(

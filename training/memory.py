@@ -134,6 +134,10 @@ class NeighborMemory:
         moved._lists = lists.to(device) if lists is not None else False
         return moved
 
+    def prepare(self) -> None:
+        """Make what `query` needs now (the approximate search's cells), not at the first query."""
+        self._lists_built()
+
     def _plain_parts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The bank transposed [d, m] and its rows' squared norms [m], for the exact search's product."""
         if self._plain is None:
@@ -146,12 +150,15 @@ class NeighborMemory:
         if self.search != "approximate":
             return None
         if self._lists is None:
-            self._lists = False
+            # made before it is set: a query in another thread meanwhile builds its own (the same cells)
+            # instead of searching exactly
+            built: _Lists | bool = False
             if self.bank.shape[0] >= _LISTS_MIN * _LIST_ROWS:
                 bank = self.bank.cpu()
                 lists = _Lists(bank, _cells(bank, _LIST_ROWS, 2 * self.k))
                 if lists.usable(self.k):
-                    self._lists = lists.to(self.bank.device)
+                    built = lists.to(self.bank.device)
+            self._lists = built
         return self._lists if isinstance(self._lists, _Lists) else None
 
     def _screen_for(self, q: torch.Tensor) -> _Screen | None:
