@@ -611,21 +611,22 @@ class _HybridShares:
                  weights: tuple[float, float, float], features: torch.Tensor | None) -> None:
         self.x = x                        # the network inputs; `columns`: the scored record's own
         self.columns = columns
-        self.bank = bank.cpu()
+        self.bank = bank                  # on the device the rows were scored on
         self.neighbours = neighbours
         self.per_feature = per_feature
         self.score = score
         self.z = z
         self.weights = weights
-        self.features = features.cpu() if features is not None else None
+        self.features = features
 
     def __call__(self, rows: Rows) -> npt.NDArray[np.float64]:
-        own = torch.from_numpy(np.ascontiguousarray(self.x[rows, self.columns]))
-        near = self.bank[torch.from_numpy(np.asarray(self.neighbours[rows]))][:, :, self.columns].mean(dim=1)
-        diff = _per_feature((own - near).square(), self.features)
+        device = self.bank.device
+        own = torch.from_numpy(np.ascontiguousarray(self.x[rows, self.columns])).to(device)
+        near = self.bank[torch.from_numpy(np.asarray(self.neighbours[rows])).to(device)][:, :, self.columns].mean(dim=1)
+        diff = _per_feature((own - near).square(), self.features).double().cpu()
         z = {name: torch.from_numpy(np.asarray(values[rows])) for name, values in self.z.items()}
         blended = _blend(torch.from_numpy(np.asarray(self.score[rows])), z, self.weights,
-                         torch.from_numpy(np.asarray(self.per_feature[rows])).double(), diff.double())
+                         torch.from_numpy(np.asarray(self.per_feature[rows])).double(), diff)
         out: npt.NDArray[np.float64] = blended.numpy()
         return out
 
