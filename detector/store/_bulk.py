@@ -8,8 +8,10 @@ PostgreSQL: timestamptz, jsonb), so rows written here read back through the ORM 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     from detector.store.repository import IngestScores, ScoredRecord
 
 __all__ = ["ClaimedRow", "claim_pending", "forget_staging", "insert_records", "insert_scored_records", "keep_staging",
-           "mark_scored"]
+           "mark_scored", "sqlite_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,10 @@ ClaimedRow = tuple[int, datetime, str | None, dict[str, Any]]   # id, ts, key, f
 
 _INSERT_COLUMNS = "detector, ts, key, fields, source, ingested_at, state, is_outlier"
 _SQLITE_INSERT = f"INSERT INTO records ({_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0)"
+# Multi-row INSERTs on SQLite: sqlite3's executemany lets go of the GIL around every row's step and must win it
+# back before the next one, which, while another thread runs Python (the next request's parsing and
+# validation), can take the whole switch interval (5 ms) per row. One statement of many rows lets go once.
+_SQLITE_ROWS = 512        # rows per statement at most (then halves, down to 1: each text prepared once, cached)
 _PG_COPY = f"COPY records ({_INSERT_COLUMNS}) FROM STDIN"
 _SCORED_COLUMNS = f"{_INSERT_COLUMNS}, score, model_version_id, scored_at, ood"
 _SQLITE_INSERT_SCORED = (f"INSERT INTO records ({_SCORED_COLUMNS}) "
@@ -111,14 +117,60 @@ def _statement(statement: str) -> Iterator[None]:
         raise StatementError(f"({type(exc).__name__}) {exc}", statement, None, exc) from exc
 
 
+def sqlite_rows(detector: str, source: str, records: Sequence[ValidRecord], now: datetime,
+                scored: IngestScores | None = None) -> list[tuple[Any, ...]]:
+    """The SQLite parameter rows of a batch's accepted records (pending, or scored with `scored`), formatted
+    ahead of the transaction: the daemon builds them before it queues for the one SQLite writer, so that
+    the writer holds the database only for the driver's own work. StatementError for a value the table
+    type refuses (a naive time)."""
+    statement = _SQLITE_INSERT if scored is None else _SQLITE_INSERT_SCORED
+    with _statement(statement):
+        ingested = _sqlite_time(now)
+        if scored is None:
+            return [(detector, _sqlite_time(r.ts), r.key, fastjson.dumps(r.fields), source, ingested) for r in records]
+        if len(scored.scores) != len(records):
+            raise ValueError(f"{len(scored.scores)} scores for {len(records)} records")
+        flags = [False] * len(records)
+        for i in scored.outliers:
+            flags[i] = True
+        ood = [scored.ood.get(i) for i in range(len(records))] if scored.ood else [None] * len(records)
+        version = scored.model_version_id
+        return [(detector, _sqlite_time(r.ts), r.key, fastjson.dumps(r.fields), source, ingested, flag, score,
+                 version, ingested, None if note is None else fastjson.dumps(note))
+                for r, flag, score, note in zip(records, flags, scored.scores, ood, strict=True)]
+
+
+@functools.lru_cache(maxsize=64)
+def _sqlite_many(statement: str, n_rows: int) -> str:
+    """`statement` (an INSERT ... VALUES (...) of one row) for `n_rows` rows."""
+    head, _, values = statement.partition(" VALUES ")
+    return f"{head} VALUES {', '.join([values] * n_rows)}"
+
+
+def _sqlite_insert(cursor: Any, statement: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert `rows` with `statement` (one row's INSERT) as multi-row statements of _SQLITE_ROWS rows at most,
+    in order (and within SQLite's limit on parameters per statement)."""
+    if not rows:
+        return
+    limit = cursor.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    size = max(1, min(_SQLITE_ROWS, limit // len(rows[0])))
+    at = 0
+    while at < len(rows):
+        while size > len(rows) - at:
+            size //= 2
+        cursor.execute(_sqlite_many(statement, size), list(itertools.chain.from_iterable(rows[at : at + size])))
+        at += size
+
+
 def insert_records(session: Session, detector: str, source: str, records: Sequence[ValidRecord],
-                   now: datetime) -> None:
-    """Insert accepted records as pending, in the session's transaction, with one driver call."""
+                   now: datetime, rows: list[tuple[Any, ...]] | None = None) -> None:
+    """Insert accepted records as pending, in the session's transaction, with multi-row statements (on
+    SQLite of `rows`, when given: `sqlite_rows` of the same records) or one COPY."""
     if _is_sqlite(session):
-        with _statement(_SQLITE_INSERT):
-            ingested = _sqlite_time(now)
-            rows = [(detector, _sqlite_time(r.ts), r.key, fastjson.dumps(r.fields), source, ingested) for r in records]
-        session.connection().exec_driver_sql(_SQLITE_INSERT, rows)
+        if rows is None:
+            rows = sqlite_rows(detector, source, records, now)
+        with _sqlite_cursor(session, _SQLITE_INSERT) as cursor:
+            _sqlite_insert(cursor, _SQLITE_INSERT, rows)
         return
     _copy_records(session, [(detector, r.ts, r.key, r.fields, source) for r in records], now)
 
@@ -147,8 +199,6 @@ def _driver(session: Session) -> tuple[Connection, Any]:
 def _sqlite_cursor(session: Session, statement: str) -> Iterator[Any]:
     """A cursor of the session's own sqlite3 connection (in its transaction); driver errors raised as
     SQLAlchemy raises them."""
-    import sqlite3
-
     _, driver = _driver(session)
     cursor = driver.cursor()
     try:
@@ -179,41 +229,38 @@ def _copy(session: Session, statement: str, rows: Sequence[tuple[Any, ...]]) -> 
 
 
 def insert_scored_records(session: Session, detector: str, source: str, records: Sequence[ValidRecord],
-                          scored: IngestScores, now: datetime) -> dict[int, int]:
+                          scored: IngestScores, now: datetime, rows: list[tuple[Any, ...]] | None = None,
+                          ) -> dict[int, int]:
     """Insert accepted records already scored (state `scored`), in the session's transaction; returns the
     new id of each flagged record (by its index in `records`), for its outlier row.
 
     SQLite: one `executemany` for each run of unflagged records and one `execute` per flagged record
-    (its id is the cursor's lastrowid), in batch order. PostgreSQL: one COPY of the per-row values into
-    the session's staging table and one INSERT ... SELECT from it; when a record is flagged the batch's
-    ids are first drawn from the table's sequence in one query and copied with the rows.
+    (its id is the cursor's lastrowid), in batch order, of `rows` when given (`sqlite_rows` of the same
+    records and scores). PostgreSQL: one COPY of the per-row values into the session's staging table and
+    one INSERT ... SELECT from it; when a record is flagged the batch's ids are first drawn from the
+    table's sequence in one query and copied with the rows.
     """
     flagged = sorted(scored.outliers)
+    if _is_sqlite(session):
+        if rows is None:
+            rows = sqlite_rows(detector, source, records, now, scored)
+        ids: dict[int, int] = {}
+        with _sqlite_cursor(session, _SQLITE_INSERT_SCORED) as cursor:
+            start = 0
+            for i in flagged:       # the driver's own calls: SQLAlchemy's per-statement overhead, 30 times a batch
+                _sqlite_insert(cursor, _SQLITE_INSERT_SCORED, rows[start:i])
+                cursor.execute(_SQLITE_INSERT_SCORED, rows[i])
+                ids[i] = int(cursor.lastrowid or 0)
+                start = i + 1
+            _sqlite_insert(cursor, _SQLITE_INSERT_SCORED, rows[start:])
+        return ids
+    from psycopg.types.json import Jsonb
+
     flags = [False] * len(records)
     for i in flagged:
         flags[i] = True
     ood = [scored.ood.get(i) for i in range(len(records))] if scored.ood else [None] * len(records)
     version = scored.model_version_id
-    if _is_sqlite(session):
-        with _statement(_SQLITE_INSERT_SCORED):
-            ingested = _sqlite_time(now)
-            rows = [(detector, _sqlite_time(r.ts), r.key, fastjson.dumps(r.fields), source, ingested, flag, score,
-                     version, ingested, None if note is None else fastjson.dumps(note))
-                    for r, flag, score, note in zip(records, flags, scored.scores, ood, strict=True)]
-        ids: dict[int, int] = {}
-        with _sqlite_cursor(session, _SQLITE_INSERT_SCORED) as cursor:
-            start = 0
-            for i in flagged:       # the driver's own calls: SQLAlchemy's per-statement overhead, 30 times a batch
-                if start < i:
-                    cursor.executemany(_SQLITE_INSERT_SCORED, rows[start:i])
-                cursor.execute(_SQLITE_INSERT_SCORED, rows[i])
-                ids[i] = int(cursor.lastrowid or 0)
-                start = i + 1
-            if start < len(rows):
-                cursor.executemany(_SQLITE_INSERT_SCORED, rows[start:])
-        return ids
-    from psycopg.types.json import Jsonb
-
     connection = session.connection()
     info = connection.connection.info          # lives as long as the database connection (and its temp table)
     sequence = info.get(_STAGED)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from detector.errors import StorageError, VigilError
 from detector.metrics import StoreSnapshot
 from detector.records import Rejection, ValidRecord
-from detector.store._bulk import claim_pending, insert_records, insert_scored_records, mark_scored
+from detector.store._bulk import claim_pending, insert_records, insert_scored_records, mark_scored, sqlite_rows
 from detector.store.tables import (
     MaintenanceWindowRow,
     ModelVersionRow,
@@ -232,16 +232,22 @@ class Repository:
         now = datetime.now(UTC)
         if scored is not None and len(scored.scores) != len(accepted):
             raise ValueError(f"{len(scored.scores)} scores for {len(accepted)} accepted records")
+        rows = None
+        if self._sqlite and accepted:        # formatted before queueing for the writer, which then only writes
+            try:
+                rows = sqlite_rows(detector, source, accepted, now, scored)
+            except SQLAlchemyError as exc:
+                raise StorageError("ingest", exc) from exc
         with self._writing(), self._tx("ingest") as session:
             if accepted and scored is not None:
-                ids = insert_scored_records(session, detector, source, accepted, scored, now)
+                ids = insert_scored_records(session, detector, source, accepted, scored, now, rows)
                 if scored.outliers:
                     session.execute(insert(OutlierRow), [
                         _outlier_row(ids[i], detector, accepted[i], scored.scores[i], scored.threshold,
                                      scored.model_version_id, outlier, scored.ood.get(i), now)
                         for i, outlier in sorted(scored.outliers.items())])
             elif accepted:
-                insert_records(session, detector, source, accepted, now)
+                insert_records(session, detector, source, accepted, now, rows)
             if rejected:
                 session.execute(insert(RejectRow), [
                     {"detector": detector, "source": source, "origin": origin, "record_index": r.index,

@@ -180,3 +180,44 @@ def test_a_driver_error_in_the_scored_insert_is_the_orms_and_rolls_the_batch_bac
     assert repo.counts() == {}
     repo.add_batch("web", "http", records, [], scored=scores)
     assert (repo.counts()["web"].scored, repo.counts()["web"].outliers) == (6, 3)
+
+
+def test_large_batches_are_stored_whole_and_in_order(repo: Repository, sessions: sessionmaker[Session]) -> None:
+    """Batches longer than one multi-row statement (SQLite) and runs of every length between flagged rows:
+    each record once, in batch order, each outlier on its own record."""
+    version = repo.save_model("web", b"w", {}, 1.0, 1, None, None).id
+    pending = [ValidRecord(T0 + timedelta(seconds=i), f"p{i}", {"load": i}) for i in range(1300)]
+    repo.add_batch("web", "http", pending, [])
+    records = [ValidRecord(T0 + timedelta(hours=1, seconds=i), f"s{i}", {"load": -i}) for i in range(1301)]
+    flagged = (0, 1, 3, 700, 1299, 1300)
+    explanation = {"contributions": [{"feature": "load", "contribution": 1.0}], "expected": {"load": 0.0}}
+    scores = [float(i) / 1000 for i in range(len(records))]
+    repo.add_batch("web", "http", records, [], scored=IngestScores(
+        version, 0.5, scores, {i: explanation for i in flagged}, {}, {}))
+    with sessions() as session:
+        rows = session.scalars(select(RecordRow).order_by(RecordRow.id)).all()
+        outliers = session.scalars(select(OutlierRow).order_by(OutlierRow.id)).all()
+    assert [(r.key, r.fields["load"], r.state) for r in rows] == (
+        [(f"p{i}", i, "pending") for i in range(1300)] + [(f"s{i}", -i, "scored") for i in range(1301)])
+    assert [r.score for r in rows[1300:]] == scores
+    assert [r.is_outlier for r in rows[1300:]] == [i in flagged for i in range(1301)]
+    assert [(o.record_id, o.key) for o in outliers] == [(rows[1300 + i].id, f"s{i}") for i in flagged]
+
+
+def test_multi_row_inserts_keep_within_the_parameter_limit() -> None:
+    """On an SQLite that takes few parameters per statement, the rows go in smaller statements, in order."""
+    import sqlite3
+
+    from detector.store._bulk import _sqlite_insert
+
+    connection = sqlite3.connect(":memory:")
+    connection.execute("CREATE TABLE t (a INTEGER, b TEXT, c REAL)")
+    connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 10)         # 3 rows of 3 values at most
+    cursor = connection.cursor()
+    rows = [(i, f"r{i}", i / 7) for i in range(1030)]
+    _sqlite_insert(cursor, "INSERT INTO t (a, b, c) VALUES (?, ?, ?)", rows)
+    _sqlite_insert(cursor, "INSERT INTO t (a, b, c) VALUES (?, ?, ?)", [])
+    assert connection.execute("SELECT a, b, c FROM t ORDER BY rowid").fetchall() == rows
+    connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32766)
+    _sqlite_insert(cursor, "INSERT INTO t (a, b, c) VALUES (?, ?, ?)", rows)
+    assert connection.execute("SELECT count(*) FROM t").fetchone() == (2060,)
