@@ -10,8 +10,10 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -464,6 +466,40 @@ def _cells(bank: torch.Tensor, rows: int, min_rows: int) -> list[torch.Tensor]:
     return cells
 
 
+def _products_by_cell(augmented: torch.Tensor, owner: torch.Tensor, counts: torch.Tensor,
+                      products: list[torch.Tensor], widths: list[int], out: torch.Tensor) -> None:
+    """out[the pairs of cell j, : widths[j]] = augmented[their queries] @ products[j], cell by cell (the
+    (query, cell) pairs grouped by cell; `owner`: each pair's query; `counts`: pairs per cell)."""
+    start = 0
+    per_cell: list[int] = counts.tolist()
+    for j in range(len(per_cell)):
+        count = per_cell[j]
+        if count > 0:
+            torch.mm(augmented.index_select(0, owner[start : start + count]), products[j],
+                     out=out[start : start + count, : widths[j]])
+            start += count
+
+
+_CellProducts = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], list[int], torch.Tensor], None]
+
+
+@functools.cache
+def _cell_products() -> _CellProducts:
+    """`_products_by_cell` compiled by TorchScript, which runs its loop without the GIL: called from
+    Python, each of its one or two hundred products would let go of the GIL and, while another thread
+    runs Python (the daemon parses, validates and stores other requests meanwhile), wait up to the
+    switch interval (5 ms) to win it back. The plain function where TorchScript is unavailable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)      # torch.jit is deprecated, still supported
+            scripted: Any = torch.jit.script(_products_by_cell)
+        return cast(_CellProducts, scripted)
+    except Exception as exc:      # any failure to compile: the same loop in Python
+        logger.info("TorchScript unavailable; the approximate search's products run from Python",
+                    extra={"error": str(exc)})
+        return _products_by_cell
+
+
 class _Lists:
     """The cells of the approximate search (`_cells`), each as one list of positions (its rows, padded to
     whole blocks of _LIST_BLOCK with rows that are never near: a squared norm of +inf).
@@ -525,12 +561,8 @@ class _Lists:
         cell_of = flat.index_select(0, order)                 # the cell of each grouped pair
         augmented = torch.cat([q, torch.ones((n, 1), device=q.device)], dim=1)
         a = buffer[: n * probes]
-        start = 0
-        for j, count in enumerate(torch.bincount(flat, minlength=len(self.products)).tolist()):
-            if count:
-                torch.mm(augmented.index_select(0, owner[start : start + count]), self.products[j],
-                         out=a[start : start + count, : self.widths[j]])
-                start += count
+        _cell_products()(augmented, owner, torch.bincount(flat, minlength=len(self.products)), self.products,
+                         self.widths, a)
         if exclude is not None:
             left_out = exclude.index_select(0, owner)
             known = left_out.clamp_min(0)

@@ -234,8 +234,8 @@ def insert_scored_records(session: Session, detector: str, source: str, records:
     """Insert accepted records already scored (state `scored`), in the session's transaction; returns the
     new id of each flagged record (by its index in `records`), for its outlier row.
 
-    SQLite: one `executemany` for each run of unflagged records and one `execute` per flagged record
-    (its id is the cursor's lastrowid), in batch order, of `rows` when given (`sqlite_rows` of the same
+    SQLite: multi-row INSERTs for each run of unflagged records and one INSERT per flagged record (its
+    id is the cursor's lastrowid), in batch order, of `rows` when given (`sqlite_rows` of the same
     records and scores). PostgreSQL: one COPY of the per-row values into the session's staging table and
     one INSERT ... SELECT from it; when a record is flagged the batch's ids are first drawn from the
     table's sequence in one query and copied with the rows.
