@@ -117,6 +117,14 @@ def _statement(statement: str) -> Iterator[None]:
         raise StatementError(f"({type(exc).__name__}) {exc}", statement, None, exc) from exc
 
 
+def _flags_and_notes(n: int, scored: IngestScores) -> tuple[list[bool], list[dict[str, Any] | None]]:
+    """Per record of a scored batch of n: whether it is flagged, and its out-of-distribution note."""
+    flags = [False] * n
+    for i in scored.outliers:
+        flags[i] = True
+    return flags, [scored.ood.get(i) for i in range(n)] if scored.ood else [None] * n
+
+
 def sqlite_rows(detector: str, source: str, records: Sequence[ValidRecord], now: datetime,
                 scored: IngestScores | None = None) -> list[tuple[Any, ...]]:
     """The SQLite parameter rows of a batch's accepted records (pending, or scored with `scored`), formatted
@@ -128,12 +136,7 @@ def sqlite_rows(detector: str, source: str, records: Sequence[ValidRecord], now:
         ingested = _sqlite_time(now)
         if scored is None:
             return [(detector, _sqlite_time(r.ts), r.key, fastjson.dumps(r.fields), source, ingested) for r in records]
-        if len(scored.scores) != len(records):
-            raise ValueError(f"{len(scored.scores)} scores for {len(records)} records")
-        flags = [False] * len(records)
-        for i in scored.outliers:
-            flags[i] = True
-        ood = [scored.ood.get(i) for i in range(len(records))] if scored.ood else [None] * len(records)
+        flags, ood = _flags_and_notes(len(records), scored)
         version = scored.model_version_id
         return [(detector, _sqlite_time(r.ts), r.key, fastjson.dumps(r.fields), source, ingested, flag, score,
                  version, ingested, None if note is None else fastjson.dumps(note))
@@ -256,10 +259,7 @@ def insert_scored_records(session: Session, detector: str, source: str, records:
         return ids
     from psycopg.types.json import Jsonb
 
-    flags = [False] * len(records)
-    for i in flagged:
-        flags[i] = True
-    ood = [scored.ood.get(i) for i in range(len(records))] if scored.ood else [None] * len(records)
+    flags, ood = _flags_and_notes(len(records), scored)
     version = scored.model_version_id
     connection = session.connection()
     info = connection.connection.info          # lives as long as the database connection (and its temp table)
