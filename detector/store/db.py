@@ -16,7 +16,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from detector import fastjson
 from detector.errors import StorageError
-from detector.store._bulk import forget_staging, keep_staging
 from detector.store.repository import Repository
 
 __all__ = ["current_revision", "head_revision", "open_engine", "open_repository", "session_factory", "upgrade"]
@@ -51,9 +50,6 @@ def open_engine(url: str) -> Engine:
         else:
             engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
                                    json_serializer=fastjson.dumps, json_deserializer=fastjson.loads)
-            event.listen(engine, "commit", keep_staging)
-            event.listen(engine, "rollback", forget_staging)
-            event.listen(engine, "rollback_savepoint", forget_staging)
     except (SQLAlchemyError, OSError) as exc:
         raise StorageError("open", exc) from exc
     return engine
