@@ -194,3 +194,37 @@ def test_a_model_fitted_with_the_approximate_search_keeps_it_through_its_artifac
     np.testing.assert_array_equal(loaded.score(fresh).scores, model.score(fresh).scores)
     # the threshold was calibrated with the same search: fresh normal rows are flagged near the target rate
     assert 0.002 <= float(np.mean(loaded.score(fresh).is_outlier)) <= 0.03
+
+
+def test_the_scripted_products_and_the_plain_loop_give_the_same_neighbours(
+        small_cells: None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    x = _factors(3000, 12, seed=8)
+    q = torch.from_numpy(np.concatenate([_factors(80, 12, seed=9), x[:20]]))
+    exclude = torch.from_numpy(np.concatenate([np.full(80, -1), np.arange(20)]))
+    memory = NeighborMemory(torch.from_numpy(x), torch.ones(len(x)), 5, "approximate")
+    lists = _lists(memory)
+    training.memory._cell_products.cache_clear()
+    try:
+        scripted = training.memory._cell_products()
+        assert scripted is not training.memory._products_by_cell       # TorchScript compiled it here
+        with torch.inference_mode():
+            got = memory._approximate(lists, q, exclude)
+
+        def refuse(_: object) -> object:
+            raise RuntimeError("no TorchScript here")
+
+        monkeypatch.setattr(torch.jit, "script", refuse)
+        training.memory._cell_products.cache_clear()
+        with caplog.at_level("INFO", logger="training.memory"):
+            plain = training.memory._cell_products()
+        assert plain is training.memory._products_by_cell
+        assert "TorchScript unavailable" in caplog.text
+        with torch.inference_mode():
+            want = memory._approximate(lists, q, exclude)
+    finally:
+        training.memory._cell_products.cache_clear()
+    np.testing.assert_array_equal(got[1].numpy(), want[1].numpy())
+    np.testing.assert_array_equal(got[0].numpy(), want[0].numpy())
+    _, idx = _brute(x, q.numpy(), 5, exclude.numpy())
+    recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(got[1].tolist(), idx.tolist(), strict=True)])
+    assert recall >= 0.9
