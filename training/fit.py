@@ -660,7 +660,9 @@ def _score_parts(
             rb = net(xb)
             own_x, own_r = xb[:, last : last + n_cols], rb[:, last : last + n_cols]
             elem = loss(own_r, own_x, reduction="none")     # one pass: the same values as (r - x)^2 or |r - x|
-            rec = elem.double().mean(dim=1)   # in float64: the contributions (float64 shares of elem) sum to it
+            # in float64: the contributions (float64 shares of elem) sum to it; summed as float64 on the fly,
+            # without a float64 copy of elem (its allocation and page faults cost more than the sum)
+            rec = elem.sum(dim=1, dtype=torch.float64).div_(elem.shape[1])
             per_feature = _per_feature(elem, features)                       # [b, n_features]
             recons.append(own_r.float().cpu().numpy())
             if scoring.kind == "reconstruction":
