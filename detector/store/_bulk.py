@@ -49,9 +49,10 @@ _SCORED_COLUMNS = f"{_INSERT_COLUMNS}, score, model_version_id, scored_at, ood"
 _SQLITE_INSERT_SCORED = (f"INSERT INTO records ({_SCORED_COLUMNS}) "
                          "VALUES (?, ?, ?, ?, ?, ?, 'scored', ?, ?, ?, ?, ?)")
 # A scored batch is copied straight into records; when a record in it is flagged, the ids of the whole batch are
-# drawn first from the table's sequence in one query (in batch order) and copied with the rows. A staging table
-# (the per-row values copied, the batch's constants added by INSERT ... SELECT) cost the server more than the
-# driver saved: 15.1-16.3k rec/s end to end against 17.1-19.9k for the direct COPY, in one A/B run.
+# drawn first from the table's sequence in one query (in batch order) and copied with the rows. An earlier
+# version copied only the per-row values into a staging table and added the batch's constants by INSERT ...
+# SELECT: the server spent more per row (38-52 us against 35-48), and in binary the constants cost the daemon
+# little to send.
 _PG_COPY_SCORED = f"COPY records ({_SCORED_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _PG_COPY_SCORED_IDS = f"COPY records (id, {_SCORED_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 # key in the driver connection's info: the records id sequence, looked up once per connection
