@@ -45,6 +45,7 @@ _SQLITE_ROWS = 512        # rows per statement at most (then halves, down to 1: 
 _PG_COPY = f"COPY records ({_INSERT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _PG_INSERT_TYPES = ("text", "timestamptz", "text", "jsonb", "text", "timestamptz", "text", "bool")
 _PG_SCORED_TYPES = (*_PG_INSERT_TYPES, "float8", "int8", "timestamptz", "jsonb")
+_PG_SCORED_ID_TYPES = ("int8", *_PG_SCORED_TYPES)
 _SCORED_COLUMNS = f"{_INSERT_COLUMNS}, score, model_version_id, scored_at, ood"
 _SQLITE_INSERT_SCORED = (f"INSERT INTO records ({_SCORED_COLUMNS}) "
                          "VALUES (?, ?, ?, ?, ?, ?, 'scored', ?, ?, ?, ?, ?)")
@@ -254,8 +255,7 @@ def insert_scored_records(session: Session, detector: str, source: str, records:
         if not sequence:
             sequence = info[_SEQUENCE] = str(connection.exec_driver_sql(_PG_SEQUENCE).scalar_one())
         drawn = [int(row[0]) for row in connection.exec_driver_sql(_PG_NEW_IDS, (sequence, len(records))).all()]
-    statement, types = (_PG_COPY_SCORED_IDS, ("int8", *_PG_SCORED_TYPES)) if drawn else (_PG_COPY_SCORED,
-                                                                                         _PG_SCORED_TYPES)
+    statement, types = (_PG_COPY_SCORED_IDS, _PG_SCORED_ID_TYPES) if drawn else (_PG_COPY_SCORED, _PG_SCORED_TYPES)
     with _statement(statement):
         now = _utc(now)
         dump = fastjson.dumps_bytes
