@@ -62,6 +62,7 @@ sys.path.insert(0, str(REPO))
 
 # Only torch, numpy and the training library at import time: part 4 runs on a GPU machine that has nothing
 # else (no SQLAlchemy, FastAPI or pydantic); the parts that need the daemon import it themselves.
+from detector.allocator import DEFAULT_CACHE_MIB, tune_malloc  # noqa: E402  (the standard library only)
 from training.loop import EpochStats, TrainSettings, train_autoencoder  # noqa: E402
 from training.memory import native_bf16  # noqa: E402
 from training.model import AutoencoderSpec, DenseAutoencoder  # noqa: E402
@@ -161,6 +162,7 @@ def config_text(state_dir: Path, detectors: dict[str, int], store_url: str | Non
         [daemon]
         state_dir = "{state_dir}"
         torch_threads = 1
+        malloc_cache_mib = {MALLOC_CACHE_MIB}
         log_level = "{log_level}"
 
         {store}
@@ -191,6 +193,9 @@ def config_text(state_dir: Path, detectors: dict[str, int], store_url: str | Non
             """))
     return "\n".join(parts)
 
+
+# `daemon.malloc_cache_mib` of the daemons started here and of this process (`--malloc-cache-mib`)
+MALLOC_CACHE_MIB = DEFAULT_CACHE_MIB
 
 TRAIN_ROWS = 50_000      # as many as the default memory remembers (and `training.max_records`)
 
@@ -1014,12 +1019,18 @@ PARTS: dict[int, Callable[[bool], Section]] = {1: part_scoring, 2: part_end_to_e
 
 
 def main() -> None:
+    global MALLOC_CACHE_MIB
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for iterating")
     parser.add_argument("--parts", default="1,2,3,4,5", help="comma-separated part numbers (default: all)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="Markdown report to write")
+    parser.add_argument("--malloc-cache-mib", type=int, default=MALLOC_CACHE_MIB,
+                        help="daemon.malloc_cache_mib for this process and the daemons it starts (0: glibc's "
+                             "defaults; default: the daemon's default)")
     args = parser.parse_args()
     parts = [int(p) for p in args.parts.split(",") if p.strip()]
+    MALLOC_CACHE_MIB = args.malloc_cache_mib
+    tuned = tune_malloc(MALLOC_CACHE_MIB)          # as `vigil run` does, for the bare baselines alike
     torch.set_num_threads(1)
     started = time.perf_counter()
     sections = []
@@ -1038,6 +1049,9 @@ def main() -> None:
         f"Command: `{command.removeprefix('$ ')}` ({time.perf_counter() - started:.0f} s, "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC){' -- QUICK sizes, not the committed run' if args.quick else ''}.",
         "", f"Commit: {revision()}.", "", f"Machine: {machine()}.", "",
+        f"Allocator: `daemon.malloc_cache_mib = {MALLOC_CACHE_MIB}` in this process (the bare baselines' too) "
+        f"and in the daemons it starts ({'set' if tuned else 'not set: glibc defaults or the environment'}; see "
+        "README, Performance).", "",
         *[s.markdown() for s in sections],
     ]
     args.output.parent.mkdir(parents=True, exist_ok=True)

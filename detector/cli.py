@@ -44,7 +44,7 @@ def run(config_path: Path, log_format: str) -> None:
 
     config = load(config_path)
     setup_logging(config.daemon.log_level, log_format)
-    prepare_torch(config.daemon.torch_threads)
+    prepare_torch(config.daemon)
     from detector.daemon import build_runtime
     from detector.server import serve
 
@@ -100,7 +100,7 @@ def train(detector: str, config_path: Path) -> None:
 
     config = load(config_path)
     setup_logging("warning", "text", sys.stderr)
-    prepare_torch(config.daemon.torch_threads)
+    prepare_torch(config.daemon)
     vigil = Vigil(config, open_repository(config.store_url), Metrics(CollectorRegistry()))
     det = vigil.detector(detector)
     with click.progressbar(length=det.model.epochs, label=f"training {detector}",
@@ -129,7 +129,7 @@ def score(file: Path, detector: str, fmt: str, output: Path | None, outliers_onl
     from detector.offline import score_file
 
     config = load(config_path)
-    prepare_torch(config.daemon.torch_threads)
+    prepare_torch(config.daemon)
     frame, summary = score_file(config, detector, file)
     if outliers_only:
         frame = frame[frame["is_outlier"]]

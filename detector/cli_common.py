@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from detector.config import Config, load_config
+from detector.config import Config, DaemonConfig, load_config
 
 __all__ = ["config_option", "load", "prepare_torch", "short", "table"]
 
@@ -31,9 +31,15 @@ def load(path: Path) -> Config:
     return config
 
 
-def prepare_torch(threads: int) -> None:
+def prepare_torch(daemon: DaemonConfig) -> None:
+    """Process settings for torch work: the `daemon` section's thread count and malloc cache."""
+    from detector.allocator import tune_malloc
+
+    tune_malloc(daemon.malloc_cache_mib)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
+
+    threads = daemon.torch_threads
 
     if threads > 0:
         torch.set_num_threads(threads)

@@ -40,13 +40,13 @@ def evaluate(train_file: Path, test_file: Path, detector: str | None, config_pat
 
     setup_logging("warning", "text", sys.stderr)
     det: DetectorConfig | None = None
-    threads = DaemonConfig().torch_threads
+    daemon = DaemonConfig()
     if detector is not None:
         config = load(config_path)
         if detector not in config.detectors:
             raise UnknownDetectorError(detector, list(config.detectors))
-        det, threads = config.detectors[detector], config.daemon.torch_threads
-    prepare_torch(threads)
+        det, daemon = config.detectors[detector], config.daemon
+    prepare_torch(daemon)
     try:
         result = evaluate_files(train_file, test_file, det, detector, label_column, target_fpr)
     except EvaluationInputError as exc:

@@ -27,7 +27,7 @@ def report(detector: str, output: Path | None, records: int, top: int, config_pa
     from detector.report import write_report
 
     config = load(config_path)
-    prepare_torch(config.daemon.torch_threads)
+    prepare_torch(config.daemon)
     path = output or Path(f"vigil-report-{detector}.html")
     data = write_report(config, detector, path, records, top)
     flagged = sum(1 for _, _, f in data.recent if f)
@@ -58,7 +58,7 @@ def tune(detector: str, depths: str, latents: str, variants: str | None, epochs:
 
     config = load(config_path)
     setup_logging("warning", "text", sys.stderr)
-    prepare_torch(config.daemon.torch_threads)
+    prepare_torch(config.daemon)
     try:
         grid = Grid.parse(config, detector, depths, latents, variants)
     except ValueError as exc:

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from detector.allocator import DEFAULT_CACHE_MIB, MAX_CACHE_MIB
 from detector.errors import ConfigError
 from training.schema import Feature, Schema
 
@@ -80,6 +81,7 @@ class DaemonConfig(Section):
     state_dir: Path = Field(default=Path("state"))
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     torch_threads: int = Field(default=1, ge=0)
+    malloc_cache_mib: int = Field(default=DEFAULT_CACHE_MIB, ge=0, le=MAX_CACHE_MIB)
 
 
 class StoreConfig(Section):

@@ -342,6 +342,7 @@ class FittedModel:
         self.network = network.cpu().eval()
         self.report = report
         self.ranges: dict[str, tuple[float, float]] = dict(ranges or {})
+        self._bounds: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None = None    # of `ranges`
         self.scoring = scoring or Scoring()
         if self.scoring.kind == "hybrid" and (memory is None or self.scoring.normalizer is None):
             raise ValueError("a hybrid model needs a neighbour memory and a normalizer")
@@ -414,7 +415,9 @@ class FittedModel:
 
     def _range_bounds(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         """Per feature (schema order): the values below / above which `out_of_range` flags a value
-        (-inf / inf for a feature it does not check)."""
+        (-inf / inf for a feature it does not check). Computed once: the ranges do not change."""
+        if self._bounds is not None:
+            return self._bounds
         below = np.full(len(self.schema.features), -np.inf)
         above = np.full(len(self.schema.features), np.inf)
         checked = [(j, name) for j, name in enumerate(self.schema.names) if name in self.ranges]
@@ -425,7 +428,9 @@ class FittedModel:
             columns = [j for j, _ in checked]
             below[columns] = lows - margins
             above[columns] = highs + margins
-        return below, above
+        below.flags.writeable = above.flags.writeable = False
+        self._bounds = (below, above)
+        return self._bounds
 
     def out_of_range(self, frame: pd.DataFrame) -> npt.NDArray[np.bool_]:
         """[n, n_features]: numeric values more than OUT_OF_RANGE_SPANS training ranges beyond its edges."""
@@ -553,23 +558,46 @@ class _Decoded:
 
 class _ErrorShares:
     """Contributions of the reconstruction-based scores (ScoreResult.contributions on demand): each row's
-    per-feature error / the number of scored columns, times `factor` per row when given (elbo: score / error),
-    the same float64 operations as when computed for all rows at once."""
+    score split over the features in proportion to their reconstruction error (in float64: a row's
+    contributions sum to its score).
 
-    __slots__ = ("factor", "n_columns", "per_feature")
+    The error is computed for the rows asked for from their reconstruction and network inputs (the scored
+    record's columns of each), the same float32 values as the score was summed from: a scorer asks for its
+    few flagged rows, and the whole batch's error array is kept nowhere.
+    """
 
-    def __init__(self, per_feature: npt.NDArray[np.float32], n_columns: int,
-                 factor: npt.NDArray[np.float64] | None) -> None:
-        self.per_feature = per_feature
-        self.n_columns = n_columns
-        self.factor = factor
+    __slots__ = ("features", "l1", "recon", "scores", "x")
+
+    def __init__(self, recon: npt.NDArray[np.float32], x: npt.NDArray[np.float32], l1: bool,
+                 features: torch.Tensor | None, scores: npt.NDArray[np.float64]) -> None:
+        self.recon = recon                    # [n, scored columns]
+        self.x = x                            # [n, scored columns], may be a view of the network inputs
+        self.l1 = l1
+        self.features = features              # on the CPU
+        self.scores = scores
 
     def __call__(self, rows: Rows) -> npt.NDArray[np.float64]:
-        contrib = torch.from_numpy(np.asarray(self.per_feature[rows])).double() / self.n_columns
-        if self.factor is not None:
-            contrib = contrib * torch.from_numpy(np.asarray(self.factor[rows])).unsqueeze(-1)
-        out: npt.NDArray[np.float64] = contrib.numpy()
+        elem = _errors(torch.from_numpy(np.asarray(self.recon[rows])),
+                       torch.from_numpy(np.ascontiguousarray(self.x[rows])), self.l1)
+        per_feature = _per_feature(elem, self.features).double()
+        shares = per_feature / per_feature.sum(dim=1, keepdim=True).clamp_min(1e-300)
+        out: npt.NDArray[np.float64] = (shares * torch.from_numpy(np.asarray(self.scores[rows])).unsqueeze(-1)).numpy()
         return out
+
+
+def _errors(recon: torch.Tensor, x: torch.Tensor, l1: bool) -> torch.Tensor:
+    """(recon - x)^2, or |recon - x| with `l1`: the same values as the mse / l1 loss without reduction."""
+    diff = recon - x
+    return diff.abs_() if l1 else diff.square_()
+
+
+def _row_errors(recon: torch.Tensor, x: torch.Tensor, l1: bool) -> torch.Tensor:
+    """Per row of `recon` and `x` ([b, c] each), the mean over the c columns of `_errors`, as float64 [b].
+
+    Summed in float32 (the errors' own precision; a float64 sum took 2.4 times as long at 256 columns): the
+    contributions, float64 shares of each score, sum to it all the same.
+    """
+    return _errors(recon, x, l1).sum(dim=1).double().div_(recon.shape[1])
 
 
 def _feature_columns(model: FittedModel, device: torch.device) -> torch.Tensor | None:
@@ -600,33 +628,36 @@ def _joined(pieces: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
 
 class _HybridShares:
     """Contributions of hybrid scores (ScoreResult.contributions) on demand: per row, `_blend` of the
-    reconstruction error per feature and the squared distance per feature to the mean of the row's
-    neighbours in the memory, the same float64 operations as when computed for all rows at once."""
+    reconstruction error per feature (from the row's reconstruction and network inputs, as `_ErrorShares`)
+    and the squared distance per feature to the mean of the row's neighbours in the memory, the same float64
+    operations as when computed for all rows at once."""
 
-    __slots__ = ("bank", "columns", "features", "neighbours", "per_feature", "score", "weights", "x", "z")
+    __slots__ = ("bank", "columns", "features", "l1", "neighbours", "recon", "score", "weights", "x", "z")
 
     def __init__(self, x: npt.NDArray[np.float32], columns: slice, bank: torch.Tensor,
-                 neighbours: npt.NDArray[np.int64], per_feature: npt.NDArray[np.float32],
+                 neighbours: npt.NDArray[np.int64], recon: npt.NDArray[np.float32], l1: bool,
                  score: npt.NDArray[np.float64], z: dict[str, npt.NDArray[np.float64]],
                  weights: tuple[float, float, float], features: torch.Tensor | None) -> None:
         self.x = x                        # the network inputs; `columns`: the scored record's own
         self.columns = columns
         self.bank = bank                  # on the device the rows were scored on
         self.neighbours = neighbours
-        self.per_feature = per_feature
+        self.recon = recon                # [n, scored columns]
+        self.l1 = l1
         self.score = score
         self.z = z
         self.weights = weights
-        self.features = features
+        self.features = features          # on the bank's device
 
     def __call__(self, rows: Rows) -> npt.NDArray[np.float64]:
         device = self.bank.device
         own = torch.from_numpy(np.ascontiguousarray(self.x[rows, self.columns])).to(device)
         near = self.bank[torch.from_numpy(np.asarray(self.neighbours[rows])).to(device)][:, :, self.columns].mean(dim=1)
         diff = _per_feature((own - near).square(), self.features).double().cpu()
+        elem = _errors(torch.from_numpy(np.asarray(self.recon[rows])).to(device), own, self.l1)
         z = {name: torch.from_numpy(np.asarray(values[rows])) for name, values in self.z.items()}
         blended = _blend(torch.from_numpy(np.asarray(self.score[rows])), z, self.weights,
-                         torch.from_numpy(np.asarray(self.per_feature[rows])).double(), diff)
+                         _per_feature(elem, self.features).double().cpu(), diff)
         out: npt.NDArray[np.float64] = blended.numpy()
         return out
 
@@ -636,21 +667,18 @@ def _score_parts(
 ) -> _Parts:
     """Scores, per-feature contributions and reconstructions of network inputs `x`, batch by batch.
 
-    Contributions are left to compute on demand: from the per-feature error, kept as float32, and for
-    hybrid scores also from the neighbours found (`_HybridShares`).
+    Contributions are left to compute on demand, from the reconstructions and the inputs (`_ErrorShares`), and
+    for hybrid scores also from the neighbours found (`_HybridShares`).
     """
     net = model.network if device.type == "cpu" else copy.deepcopy(model.network).to(device)
     memory = model.memory.to(device) if model.memory is not None else None
     scoring, spec, pre = model.scoring, model.spec, model.preprocessor
     n, n_cols = len(x), pre.n_columns
     last = spec.n_inputs - spec.columns          # the scored record's columns start here
-    features = _feature_columns(model, device)
     hybrid = scoring.kind == "hybrid"
-    loss = torch.nn.functional.l1_loss if model.loss == "l1" else torch.nn.functional.mse_loss
+    l1 = model.loss == "l1"
     scores: list[npt.NDArray[np.float64]] = []
     recons: list[npt.NDArray[np.float32]] = []
-    errors: list[npt.NDArray[np.float32]] = []          # per-feature error
-    factors: list[npt.NDArray[np.float64]] = []         # elbo: score / reconstruction error
     neighbours: list[npt.NDArray[np.int64]] = []        # hybrid: the memory rows nearest to each row
     zs: dict[str, list[npt.NDArray[np.float64]]] = {name: [] for name in COMPONENTS}     # hybrid
     comps: dict[str, list[npt.NDArray[np.float64]]] = {name: [] for name in COMPONENTS}
@@ -658,20 +686,13 @@ def _score_parts(
         for start in range(0, max(n, 1), batch_size):
             xb = torch.from_numpy(x[start : start + batch_size]).to(device)
             rb = net(xb)
-            own_x, own_r = xb[:, last : last + n_cols], rb[:, last : last + n_cols]
-            elem = loss(own_r, own_x, reduction="none")     # one pass: the same values as (r - x)^2 or |r - x|
-            # in float64: the contributions (float64 shares of elem) sum to it; summed as float64 on the fly,
-            # without a float64 copy of elem (its allocation and page faults cost more than the sum)
-            rec = elem.sum(dim=1, dtype=torch.float64).div_(elem.shape[1])
-            per_feature = _per_feature(elem, features)                       # [b, n_features]
+            own_r = rb[:, last : last + n_cols]
+            rec = _row_errors(own_r, xb[:, last : last + n_cols], l1)
             recons.append(own_r.float().cpu().numpy())
             if scoring.kind == "reconstruction":
                 score = rec
-                errors.append(per_feature.cpu().numpy())
             elif scoring.kind == "elbo":
                 score = rec + spec.beta * net.kl_per_row(xb).double() / spec.n_inputs
-                errors.append(per_feature.cpu().numpy())
-                factors.append((score / rec.clamp_min(1e-300)).cpu().numpy())
             else:
                 if memory is None or scoring.normalizer is None:
                     raise ArtifactError("a hybrid model needs a neighbour memory and a normalizer")
@@ -681,20 +702,23 @@ def _score_parts(
                 if reviews and model.incidents is not None and scoring.review_weight > 0:
                     affinity = _review_affinity(values["distance"], nearest_distance(xb, model.incidents), scoring)
                 score, z = _combine(values, scoring, affinity)
-                errors.append(per_feature.cpu().numpy())
                 neighbours.append(near.rows.cpu().numpy())
                 for name in COMPONENTS:
                     comps[name].append(values[name].cpu().numpy())
                     zs[name].append(z[name].cpu().numpy())
             scores.append(score.cpu().numpy())
+    recon, all_scores = _joined(recons), _joined(scores)
     contrib: Callable[[Rows], npt.NDArray[np.float64]]
     if hybrid and memory is not None:
-        contrib = _HybridShares(x, slice(last, last + n_cols), memory.bank, _joined(neighbours), _joined(errors),
-                                _joined(scores), {name: _joined(v) for name, v in zs.items()}, scoring.weights,
-                                features)
+        contrib = _HybridShares(x, slice(last, last + n_cols), memory.bank, _joined(neighbours), recon, l1,
+                                all_scores, {name: _joined(v) for name, v in zs.items()}, scoring.weights,
+                                _feature_columns(model, device))
     else:
-        contrib = _ErrorShares(_joined(errors), n_cols, _joined(factors) if factors else None)
-    return _Parts(_joined(scores), contrib, _joined(recons),
+        # the scored record's inputs: a view of x for a point-wise model; a copy for windows (whose inputs
+        # hold the window's earlier records too)
+        own_x = x[:, last : last + n_cols] if last == 0 else np.ascontiguousarray(x[:, last : last + n_cols])
+        contrib = _ErrorShares(recon, own_x, l1, _feature_columns(model, torch.device("cpu")), all_scores)
+    return _Parts(all_scores, contrib, recon,
                   {name: _joined(v) for name, v in comps.items()} if hybrid else None)
 
 

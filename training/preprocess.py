@@ -25,6 +25,8 @@ MISSING = "__missing__"
 # float32's range (validation accepts 1e39) would otherwise become inf, making training diverge and a
 # score's explanation unreadable. A record this far out still scores far above any threshold.
 NUMERIC_CLIP = 1e6
+# The smallest scale a numeric feature gets (the smallest normal float64): its reciprocal is finite.
+_MIN_SCALE = float(np.finfo(np.float64).tiny)
 
 Scaling = Literal["robust", "standard"]
 
@@ -55,7 +57,11 @@ def numeric_block(frame: pd.DataFrame, names: list[str], copy: bool = True) -> n
 
 @dataclass(frozen=True, slots=True)
 class _Numeric:
-    """encoded = (x - center) / scale; a missing value becomes `fill` (the median) before scaling."""
+    """encoded = (x - center) * (1 / scale); a missing value becomes `fill` (the median) before scaling.
+
+    A multiplication by the reciprocal (one float64 rounding more than a division) is several times cheaper
+    than a division; `scale` is at least _MIN_SCALE, whose reciprocal is finite.
+    """
 
     center: float
     scale: float
@@ -97,16 +103,16 @@ def _fit_numeric(values: npt.NDArray[np.float64], unit_range: bool, scaling: Sca
             mean, std = float(np.mean(present)), float(np.std(present))
         if not np.isfinite(mean) or not np.isfinite(std):   # values near float64's limits
             mean, std = median, float("nan")
-        return _Numeric(center=mean, scale=std if std > 0 else 1.0, fill=median)
+        return _Numeric(center=mean, scale=std if std >= _MIN_SCALE else 1.0, fill=median)
     if unit_range:
         low, high = np.quantile(present, [0.01, 0.99])
         width = float(high - low)
-        return _Numeric(center=float(low), scale=width if width > 0 else 1.0, fill=median)
+        return _Numeric(center=float(low), scale=width if width >= _MIN_SCALE else 1.0, fill=median)
     q25, q75 = np.quantile(present, [0.25, 0.75])
     scale = float(q75 - q25) / 1.349
-    if not scale > 0:
+    if not scale >= _MIN_SCALE:
         scale = float(np.std(present))
-    if not scale > 0:
+    if not scale >= _MIN_SCALE:
         scale = 1.0
     return _Numeric(center=median, scale=scale, fill=median)
 
@@ -156,6 +162,7 @@ class Preprocessor:
         numeric_states = [self._states[n] for n in plain]
         self._plain_center = np.array([st.center for st in numeric_states if isinstance(st, _Numeric)])
         self._plain_scale = np.array([st.scale for st in numeric_states if isinstance(st, _Numeric)])
+        self._plain_inverse = 1.0 / self._plain_scale
 
     @property
     def n_columns(self) -> int:
@@ -196,7 +203,7 @@ class Preprocessor:
         if block is not None:
             with np.errstate(over="ignore"):
                 block -= self._plain_center         # the block is a fresh copy: scaled in place
-                block /= self._plain_scale
+                block *= self._plain_inverse
             np.clip(block, -NUMERIC_CLIP, NUMERIC_CLIP, out=block)
             if len(self._plain_names) == self.n_columns:     # numeric only: the block is the output
                 return block.astype(np.float32)
@@ -244,26 +251,38 @@ class Preprocessor:
         n, k = raw.shape
         out = np.empty((n, k), dtype=np.float32)
         flags = np.empty((n, k), dtype=np.bool_)
-        step = max(16, _CHUNK_ELEMENTS // max(k, 1))
-        scratch = np.empty((min(step, n), k), dtype=np.float64)
-        high = np.empty((min(step, n), k), dtype=np.bool_)
-        center, scale = self._plain_center, self._plain_scale
-        with np.errstate(over="ignore"):
-            for start in range(0, n, step):
-                rows = raw[start : start + step]
-                m = len(rows)
+        if n == 0 or k == 0:
+            return out, flags
+        # Each chunk of rows is worked on as one flat run of values against the per-feature constants
+        # tiled to the chunk's length: numpy then runs one long vectorised loop per operation instead of
+        # one short loop per row (with the reciprocal scale, at 256 features: 4.1 ms -> 2.5 ms for 5,000 rows).
+        step = min(n, max(1, _CHUNK_ELEMENTS // k))
+        center, inverse = np.tile(self._plain_center, step), np.tile(self._plain_inverse, step)
+        low_edge, high_edge = np.tile(below, step), np.tile(above, step)
+        scratch = np.empty(step * k, dtype=np.float64)
+        high = np.empty(step * k, dtype=np.bool_)
+        flat_raw = np.ascontiguousarray(raw).reshape(-1)
+        flat_out, flat_flags = out.reshape(-1), flags.reshape(-1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            for start in range(0, n * k, step * k):
+                values = flat_raw[start : start + step * k]
+                m = len(values)
                 scaled, over = scratch[:m], high[:m]
-                np.subtract(rows, center, out=scaled)
-                np.divide(scaled, scale, out=scaled)
+                np.subtract(values, center[:m], out=scaled)
+                np.multiply(scaled, inverse[:m], out=scaled)
                 # a non-finite input stays non-finite here (as does a finite one beyond float64 when
-                # scaled, which the column-by-column path encodes the same way)
-                if not np.isfinite(scaled).all():
+                # scaled, which the column-by-column path encodes the same way); the sum of the chunk
+                # is then not finite either (nor, now and then, that of huge finite values: the
+                # column-by-column path is then taken for nothing, with the same result)
+                if not np.isfinite(np.add.reduce(scaled)):
                     return None
-                np.clip(scaled, -NUMERIC_CLIP, NUMERIC_CLIP, out=scaled)
-                out[start : start + m] = scaled
-                low = flags[start : start + m]
-                np.less(rows, below, out=low)
-                np.greater(rows, above, out=over)
+                encoded = flat_out[start : start + m]
+                np.copyto(encoded, scaled, casting="same_kind")
+                # clipped as float32: the same values, as both edges are float32 numbers
+                np.clip(encoded, -NUMERIC_CLIP, NUMERIC_CLIP, out=encoded)
+                low = flat_flags[start : start + m]
+                np.less(values, low_edge[:m], out=low)
+                np.greater(values, high_edge[:m], out=over)
                 np.logical_or(low, over, out=low)
         return out, flags
 
@@ -275,7 +294,7 @@ class Preprocessor:
         if isinstance(state, _Numeric):
             values, missing = numeric_values(column, f.name, f.optional)
             with np.errstate(over="ignore"):     # beyond float64 (1e308 - -1e308) is inf, clipped below
-                encoded = (np.where(missing, state.fill, values) - state.center) / state.scale
+                encoded = (np.where(missing, state.fill, values) - state.center) * (1.0 / state.scale)
             encoded = np.clip(encoded, -NUMERIC_CLIP, NUMERIC_CLIP)
         else:
             values, missing = boolean_values(column, f.name, f.optional)
@@ -361,8 +380,9 @@ class Preprocessor:
             state: _State
             if f.kind == "numeric":
                 scale = float(s["scale"])
-                if not (np.isfinite(scale) and scale > 0):
-                    raise ValueError(f"feature {f.name!r}: scale must be positive, got {scale}")
+                if not (np.isfinite(scale) and scale >= _MIN_SCALE):
+                    raise ValueError(f"feature {f.name!r}: scale must be a positive normal number "
+                                     f"(at least {_MIN_SCALE:.4g}), got {scale}")
                 state = _Numeric(float(s["center"]), scale, float(s["fill"]))
             elif f.kind == "categorical":
                 state = _Categorical(tuple(map(str, s["categories"])), tuple(map(str, s["other"])))

@@ -136,6 +136,7 @@ def test_bad_duration_names_key(write_raw: WriteConfig, extra: str, key: str) ->
         (BASE + "[detectors.web.training]\nmin_records = 100\nmax_records = 10\n", "detectors.web.training",
          "max_records"),
         (BASE + "[daemon]\nlog_level = 'loud'\n", "daemon.log_level", "'debug'"),
+        (BASE + "[daemon]\nmalloc_cache_mib = 4096\n", "daemon.malloc_cache_mib", "2047"),
         (BASE + "[store]\nurl = 'mysql://x/y'\n", "store.url", "sqlite"),
         (BASE.replace('load = "numeric"', 'load = "number"'), "detectors.web.features.load", "'numeric'"),
         (BASE.replace('load = "numeric"', 'load = { kind = "numeric", bogus = true }'),
@@ -148,8 +149,8 @@ def test_bad_duration_names_key(write_raw: WriteConfig, extra: str, key: str) ->
     ],
     ids=["top-level", "section", "detector", "model", "http-source", "demo-source", "wrong-type",
          "wrong-type-list", "negative-latent", "zero-width", "target-fpr", "port", "device", "neighbor-search",
-         "cron-4-fields", "interval-and-cron", "max-below-min", "log-level", "url-scheme", "feature-kind",
-         "feature-table-key", "feature-clash", "missing-source", "source-type", "file-source-no-path"],
+         "cron-4-fields", "interval-and-cron", "max-below-min", "log-level", "malloc-cache", "url-scheme",
+         "feature-kind", "feature-table-key", "feature-clash", "missing-source", "source-type", "file-source-no-path"],
 )
 def test_invalid_config_names_key(write_raw: WriteConfig, body: str, key: str, problem: str) -> None:
     path = write_raw(body)

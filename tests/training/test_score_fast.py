@@ -3,7 +3,8 @@
 The scoring path computes the contributions and expected values on demand (and for some rows only), and
 encodes an all-numeric frame and flags its out-of-range values in one pass; none of that may change a
 number. The references here are computed directly: a forward pass of the whole frame, the per-element
-error, the float64 mean, the one-hot feature sums, `Preprocessor.decode`, and per-feature comparisons.
+error, its row sums (float32, as float64 over the columns), the one-hot feature sums and each score split in
+proportion to them, `Preprocessor.decode`, and per-feature comparisons.
 """
 
 from __future__ import annotations
@@ -66,13 +67,14 @@ def _direct(model: FittedModel, frame: pd.DataFrame) -> dict[str, Any]:
     with torch.inference_mode():
         recon = model.network(x)
         elem = (recon - x).abs() if model.loss == "l1" else (recon - x).square()
-        rec = elem.double().mean(dim=1)
+        rec = elem.sum(dim=1).double() / pre.n_columns
         one_hot = torch.zeros((pre.n_columns, len(model.schema.features)))
         for j, name in enumerate(model.schema.names):
             one_hot[pre.feature_slices[name], j] = 1.0
-        per_feature = elem @ one_hot if pre.n_columns != len(model.schema.features) else elem
-        contributions = per_feature.double() / pre.n_columns
-    return {"recon": recon.numpy(), "rec": rec.numpy(), "contributions": contributions.numpy(),
+        per_feature = (elem @ one_hot if pre.n_columns != len(model.schema.features) else elem).double()
+        shares = per_feature / per_feature.sum(dim=1, keepdim=True).clamp_min(1e-300)
+    return {"recon": recon.numpy(), "rec": rec.numpy(), "shares": shares.numpy(),
+            "contributions": (shares * rec.unsqueeze(1)).numpy(),
             "expected": pre.decode(recon.numpy())}
 
 
@@ -161,7 +163,7 @@ def test_elbo_contributions_on_demand_match_a_direct_computation() -> None:
         x = torch.from_numpy(model.inputs(frame))
         rec = torch.from_numpy(direct["rec"])
         score = rec + model.spec.beta * model.network.kl_per_row(x).double() / model.spec.n_inputs
-        contributions = torch.from_numpy(direct["contributions"]) * (score / rec.clamp_min(1e-300)).unsqueeze(1)
+        contributions = torch.from_numpy(direct["shares"]) * score.unsqueeze(1)
     assert _bits(result.scores) == _bits(score.numpy())
     assert _bits(result.contributions_at([4, 0])) == _bits(contributions.numpy()[[4, 0]])
     assert _bits(result.contributions) == _bits(contributions.numpy())
