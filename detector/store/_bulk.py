@@ -59,7 +59,8 @@ _PG_COPY_SCORED_IDS = f"COPY records (id, {_SCORED_COLUMNS}) FROM STDIN (FORMAT 
 # key in the driver connection's info: the records id sequence, looked up once per connection
 _SEQUENCE = "vigil_records_id_sequence"
 _PG_SEQUENCE = "SELECT pg_get_serial_sequence('records', 'id')"
-_PG_NEW_IDS = "SELECT nextval(%s::regclass) FROM generate_series(1, %s)"
+# one array of new ids: one value to load instead of a row per id
+_PG_NEW_IDS = "SELECT array_agg(nextval(%s::regclass)) FROM generate_series(1, %s)"
 _SQLITE_CLAIM = ("SELECT id, ts, key, fields FROM records WHERE detector = ? AND state = 'pending' "
                  "ORDER BY id LIMIT ?")
 _PG_CLAIM = ("SELECT id, ts, key, fields::text FROM records WHERE detector = %s AND state = 'pending' "
@@ -254,7 +255,7 @@ def insert_scored_records(session: Session, detector: str, source: str, records:
         sequence = info.get(_SEQUENCE)
         if not sequence:
             sequence = info[_SEQUENCE] = str(connection.exec_driver_sql(_PG_SEQUENCE).scalar_one())
-        drawn = [int(row[0]) for row in connection.exec_driver_sql(_PG_NEW_IDS, (sequence, len(records))).all()]
+        drawn = list(connection.exec_driver_sql(_PG_NEW_IDS, (sequence, len(records))).scalar_one())
     statement, types = (_PG_COPY_SCORED_IDS, _PG_SCORED_ID_TYPES) if drawn else (_PG_COPY_SCORED, _PG_SCORED_TYPES)
     with _statement(statement):
         now = _utc(now)
