@@ -18,7 +18,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from detector.errors import StorageError, VigilError
 from detector.metrics import StoreSnapshot
 from detector.records import Rejection, ValidRecord
-from detector.store._bulk import claim_pending, insert_records, insert_scored_records, mark_scored, sqlite_rows
+from detector.store._bulk import (
+    claim_pending,
+    copy_outliers,
+    insert_records,
+    insert_scored_records,
+    mark_scored,
+    sqlite_rows,
+)
 from detector.store.tables import (
     MaintenanceWindowRow,
     ModelVersionRow,
@@ -242,10 +249,13 @@ class Repository:
             if accepted and scored is not None:
                 ids = insert_scored_records(session, detector, source, accepted, scored, now, rows)
                 if scored.outliers:
-                    session.execute(insert(OutlierRow), [
-                        _outlier_row(ids[i], detector, accepted[i], scored.scores[i], scored.threshold,
-                                     scored.model_version_id, outlier, scored.ood.get(i), now)
-                        for i, outlier in sorted(scored.outliers.items())])
+                    outliers = [_outlier_row(ids[i], detector, accepted[i], scored.scores[i], scored.threshold,
+                                             scored.model_version_id, outlier, scored.ood.get(i), now)
+                                for i, outlier in sorted(scored.outliers.items())]
+                    if self._sqlite:
+                        session.execute(insert(OutlierRow), outliers)
+                    else:
+                        copy_outliers(session, outliers)
             elif accepted:
                 insert_records(session, detector, source, accepted, now, rows)
             if rejected:
