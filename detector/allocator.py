@@ -9,8 +9,8 @@ benchmark runs on, scoring one 5,000-record batch of a 256-feature detector afte
 of a batch took 13.6 ms with glibc's defaults and 7.4 ms with these settings (its forward pass: about 5 ms).
 
 `tune_malloc(cache_mib)` makes allocations under min(cache_mib, 32) MiB come from the heap and keeps up to
-`cache_mib` MiB of freed heap for reuse: the process's resident size stays near its peak working set
-instead of dropping back between batches. Environment variables MALLOC_MMAP_THRESHOLD_ or
+`cache_mib` MiB of freed heap for reuse: the process's resident size may stay up to that much above what
+it holds, instead of dropping back between batches. Environment variables MALLOC_MMAP_THRESHOLD_ or
 MALLOC_TRIM_THRESHOLD_ (glibc's own) win over it: with either set, it changes nothing.
 """
 

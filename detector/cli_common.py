@@ -39,10 +39,8 @@ def prepare_torch(daemon: DaemonConfig) -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
-    threads = daemon.torch_threads
-
-    if threads > 0:
-        torch.set_num_threads(threads)
+    if daemon.torch_threads > 0:
+        torch.set_num_threads(daemon.torch_threads)
 
 
 def short(value: Any) -> str:
