@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from tests.training._data import correlated_frame, mixed_frame
+from training import preprocess
 from training.fit import OUT_OF_RANGE_SPANS, FittedModel, ModelSettings, ScoreResult, fit_model
 from training.loop import LossName, TrainSettings
 from training.schema import Feature, Schema
@@ -211,6 +212,23 @@ def test_all_numeric_one_pass_equals_transform_and_out_of_range(numeric: FittedM
         assert flagged is not None
         assert _bits(flagged[0]) == _bits(x)
         np.testing.assert_array_equal(flagged[1], result.out_of_range)
+
+
+@pytest.mark.parametrize("layout", ["row-major", "column-major"])
+def test_the_one_pass_gives_the_same_in_many_chunks(numeric: FittedModel, monkeypatch: pytest.MonkeyPatch,
+                                                     layout: str) -> None:
+    monkeypatch.setattr(preprocess, "_CHUNK_ELEMENTS", 70)      # 11 rows of 6 features a chunk, the last of 3
+    frame = _numeric_frames()["float"]
+    if layout == "column-major":                # a frame built column by column: its block is column-major
+        frame = pd.DataFrame({name: frame[name].to_numpy() for name in frame.columns})
+    pre, bounds = numeric.preprocessor, numeric._range_bounds()
+    flagged = pre.transform_flagged(frame, *bounds)
+    assert flagged is not None
+    assert _bits(flagged[0]) == _bits(pre.transform(frame))
+    np.testing.assert_array_equal(flagged[1], numeric.out_of_range(frame))
+    assert flagged[1][[5, 6, 8]].any(axis=1).all()
+    frame.iloc[298, 1] = np.nan                 # in the last chunk: the column-by-column path names it
+    assert pre.transform_flagged(frame, *bounds) is None
 
 
 def test_all_numeric_missing_value_is_still_named(numeric: FittedModel) -> None:
