@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
+from detector.allocator import tune_malloc
 from detector.config import Config, DaemonConfig, load_config
 
 __all__ = ["config_option", "load", "prepare_torch", "short", "table"]
@@ -33,8 +34,6 @@ def load(path: Path) -> Config:
 
 def prepare_torch(daemon: DaemonConfig) -> None:
     """Process settings for torch work: the `daemon` section's thread count and malloc cache."""
-    from detector.allocator import tune_malloc
-
     tune_malloc(daemon.malloc_cache_mib)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch

@@ -64,7 +64,6 @@ _OUTLIER_COLUMNS = ("record_id", "detector", "ts", "key", "fields", "score", "th
 _PG_COPY_OUTLIERS = f"COPY outliers ({', '.join(_OUTLIER_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _PG_OUTLIER_TYPES = ("int8", "text", "timestamptz", "text", "jsonb", "float8", "float8", "int8", "jsonb", "jsonb",
                      "text", "timestamptz", "jsonb")
-_OUTLIER_JSON = frozenset({"fields", "contributions", "expected", "ood"})
 # key in the driver connection's info: the records id sequence, looked up once per connection
 _SEQUENCE = "vigil_records_id_sequence"
 _PG_SEQUENCE = "SELECT pg_get_serial_sequence('records', 'id')"
@@ -283,17 +282,11 @@ def copy_outliers(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
     from psycopg.types.json import Jsonb
 
     dump = fastjson.dumps_bytes
-    values = []
-    for row in rows:
-        value = []
-        for name in _OUTLIER_COLUMNS:
-            v = row[name]
-            if name in _OUTLIER_JSON:
-                v = None if v is None and name == "ood" else Jsonb(v, dump)
-            elif isinstance(v, datetime):
-                v = _utc(v)
-            value.append(v)
-        values.append(tuple(value))
+    with _statement(_PG_COPY_OUTLIERS):
+        values = [(r["record_id"], r["detector"], _utc(r["ts"]), r["key"], Jsonb(r["fields"], dump), r["score"],
+                   r["threshold"], r["model_version_id"], Jsonb(r["contributions"], dump), Jsonb(r["expected"], dump),
+                   r["review_state"], _utc(r["created_at"]), None if r["ood"] is None else Jsonb(r["ood"], dump))
+                  for r in rows]
     _copy(session, _PG_COPY_OUTLIERS, values, _PG_OUTLIER_TYPES)
 
 
