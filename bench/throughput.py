@@ -6,7 +6,8 @@ Run from the repository root:
 
 1. scoring path (records -> frame -> preprocess -> forward -> threshold -> contributions, no database)
    of a 32- and a 256-feature detector, against a bare torch forward pass of the same network on the
-   same encoded batch;
+   same encoded batch, and against the bare same work (the path's arithmetic from the same frame, in
+   plain whole-array numpy and torch);
 2. end to end (HTTP ingest -> stored -> scored -> outliers) of a real `vigil run` process on SQLite
    and on PostgreSQL, against a bare bulk insert of the same rows with the same driver
    (sqlite3 executemany in one transaction, psycopg COPY); p50/p99 of a 100-record POST;
