@@ -382,7 +382,8 @@ def bare_same_work(fitted: FittedModel, frame: pd.DataFrame) -> Callable[[], Any
             diff = (recon - x).square_()
             error = diff.mean(dim=1)
             flagged = (error > threshold).nonzero().squeeze(1)
-            shares = diff[flagged] / diff[flagged].sum(dim=1, keepdim=True)
+            picked = diff[flagged]
+            shares = picked / picked.sum(dim=1, keepdim=True)
             (shares.double() * error[flagged].double().unsqueeze(1)).numpy()
 
     return run
