@@ -13,6 +13,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from training.schema import Schema
+from training.settings import min_rows_for
 
 __all__ = ["CHECKS", "Check", "DiversityLimits", "DiversityReport", "Status", "check_window"]
 
@@ -197,11 +198,6 @@ def _skip(check: str, reason: str) -> Check:
     return _ok(check, f"skipped: {reason}")
 
 
-def _min_rows_for(n_columns: int) -> int:
-    # Same rule as training.fit.min_rows_for, restated here because training.fit imports torch.
-    return max(32, 2 * n_columns)
-
-
 @dataclass(frozen=True, slots=True)
 class _Numeric:
     """Per-feature statistics of the window's numeric features (arrays of length n_features, NaN skipped)."""
@@ -308,7 +304,7 @@ def _encoded_columns(frame: pd.DataFrame, schema: Schema) -> int:
 def _rows(frame: pd.DataFrame, schema: Schema, limits: DiversityLimits, n_parameters: int | None) -> Check:
     n = len(frame)
     n_encoded = _encoded_columns(frame, schema)
-    needed = _min_rows_for(n_encoded)
+    needed = min_rows_for(n_encoded)
     if n < needed:
         return Check("rows", "fail", n, needed, None,
                      f"rows: the window holds {n} rows, fewer than the {needed} needed for {n_encoded} encoded "

@@ -16,13 +16,13 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
+from training.choices import LossName
 from training.errors import DivergedError, InsufficientDataError, TrainingError
 from training.model import AutoencoderSpec, DenseAutoencoder
 
 __all__ = [
     "MIN_TRAIN_ROWS",
     "EpochStats",
-    "LossName",
     "StopReason",
     "TrainOutcome",
     "TrainSettings",
@@ -33,7 +33,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LossName = Literal["mse", "l1", "bce"]
 StopReason = Literal["epochs", "patience", "max_seconds"]
 _LOSSES: tuple[str, ...] = get_args(LossName)
 MIN_TRAIN_ROWS = 8

@@ -13,13 +13,15 @@ import logging
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
-__all__ = ["SEARCHES", "NeighborMemory", "NeighborResult", "Search", "nearest_distance"]
+from training.choices import SEARCHES, Search
+
+__all__ = ["NeighborMemory", "NeighborResult", "nearest_distance"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +39,6 @@ _LISTS_MIN = 16             # memories of fewer cells' worth of rows (about 10,0
 _LIST_BLOCK = 32            # positions per block in the approximate search's selection
 _LIST_ELEMENTS = 1 << 22    # candidate distances per chunk of queries in the approximate search (16 MiB)
 _KMEANS_ROUNDS = 10         # Lloyd iterations per k-means of the cells
-
-Search = Literal["exact", "approximate"]
-SEARCHES: tuple[str, ...] = get_args(Search)
 
 
 @functools.cache

@@ -5,60 +5,43 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
-__all__ = [
-    "ARCHS", "VARIANTS", "Activation", "Arch", "AutoencoderSpec", "DenseAutoencoder", "Variant", "count_parameters",
-]
+from training.choices import ARCHS, VARIANTS, Activation, NoiseKind, SparsityKind
+from training.settings import NetworkSettings, network_values
+
+__all__ = ["AutoencoderSpec", "DenseAutoencoder", "OutputKind", "count_parameters"]
 
 logger = logging.getLogger(__name__)
 
-Activation = Literal["relu", "tanh", "gelu", "elu", "leaky_relu"]
 OutputKind = Literal["linear", "sigmoid"]
-Variant = Literal["dense", "denoising", "sparse", "contractive", "vae"]
-Arch = Literal["dense", "conv", "lstm"]
-NoiseKind = Literal["gaussian", "mask"]
-SparsityKind = Literal["l1", "kl"]
-VARIANTS: tuple[str, ...] = get_args(Variant)
-ARCHS: tuple[str, ...] = get_args(Arch)
 _ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 _OUTPUTS: tuple[str, ...] = get_args(OutputKind)
 
 
 @dataclass(frozen=True, slots=True)
-class AutoencoderSpec:
-    """Layer sizes, variant and options of an autoencoder; validated on construction.
+class AutoencoderSpec(NetworkSettings):
+    """The hyperparameters of a network (NetworkSettings, which describes them), the width of its input rows
+    `n_inputs` and its `output` function; validated on construction.
 
     `arch` "dense" reads rows [n, n_inputs]. "conv" and "lstm" read windows of `window` consecutive
     records, flattened oldest first: n_inputs is window x `columns` (encoded columns per record).
-    Variants: "dense" (plain), "denoising" (inputs corrupted while
-    training: `noise` "gaussian" with std `noise_level`, or "mask" dropping a `noise_level` share of
-    inputs), "sparse" (`sparsity` "l1" activity penalty on the code, or "kl" towards a mean
-    activation of `sparsity_target`, weighted by `sparsity_weight`), "contractive" (a stochastic
-    estimate of the encoder Jacobian's squared Frobenius norm, weighted by `contractive_weight`) and
-    "vae" (a beta-VAE: the encoder gives a mean and log-variance, the KL term is weighted by `beta`).
     """
 
-    n_inputs: int
-    hidden: tuple[int, ...] = (64, 32)
-    latent: int = 8
-    activation: Activation = "relu"
-    output: OutputKind = "linear"
-    dropout: float = 0.0
-    variant: Variant = "dense"
-    arch: Arch = "dense"
-    window: int = 1
-    noise: NoiseKind = "gaussian"
-    noise_level: float = 0.1
-    sparsity: SparsityKind = "l1"
-    sparsity_weight: float = 1e-3
-    sparsity_target: float = 0.05
-    contractive_weight: float = 1e-2
-    beta: float = 1.0
+    n_inputs: int = field(kw_only=True)
+    output: OutputKind = field(default="linear", kw_only=True)
+
+    @classmethod
+    def of(cls, network: NetworkSettings, n_inputs: int, output: OutputKind = "linear") -> AutoencoderSpec:
+        """The spec of a network with `network`'s hyperparameters (those of a ModelSettings, say) reading
+        rows of `n_inputs` columns."""
+        values = network_values(network)
+        values["hidden"] = tuple(values["hidden"])
+        return cls(n_inputs=n_inputs, output=output, **values)
 
     def __post_init__(self) -> None:
         if not _is_int(self.n_inputs) or self.n_inputs < 1:

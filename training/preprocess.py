@@ -5,16 +5,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
 from training._columns import boolean_values, category_values, numeric_values, take_column
+from training.choices import Scaling
 from training.schema import Feature, Schema
 
-__all__ = ["MISSING", "OTHER", "UNSEEN", "Preprocessor", "Scaling", "numeric_block"]
+__all__ = ["MISSING", "OTHER", "UNSEEN", "Preprocessor", "numeric_block"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +28,6 @@ MISSING = "__missing__"
 NUMERIC_CLIP = 1e6
 # The smallest scale a numeric feature gets (the smallest normal float64): its reciprocal is finite.
 _MIN_SCALE = float(np.finfo(np.float64).tiny)
-
-Scaling = Literal["robust", "standard"]
 
 # transform_flagged encodes this many values at a time (rows x features), a block that stays in the CPU cache
 _CHUNK_ELEMENTS = 65_536

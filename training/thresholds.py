@@ -5,20 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from scipy import stats
 
-ThresholdMethod = Literal["quantile", "sigma", "mad", "pot"]
-THRESHOLD_METHODS: tuple[str, ...] = get_args(ThresholdMethod)
+from training.choices import THRESHOLD_METHODS
+
 MIN_POT_EXCEEDANCES = 10
 
 __all__ = [
-    "THRESHOLD_METHODS",
     "Threshold",
-    "ThresholdMethod",
     "fit_mad_threshold",
     "fit_pot_threshold",
     "fit_quantile_threshold",

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from tests.training._data import correlated_frame
-from training.fit import FittedModel, ModelSettings, fit_model
+from training.fit import fit_model
+from training.fitted import FittedModel
 from training.loop import TrainSettings
 from training.schema import Schema
+from training.settings import ModelSettings
 
 FAST = TrainSettings(epochs=60, batch_size=128, learning_rate=3e-3, patience=8, device="cpu", seed=0)
 

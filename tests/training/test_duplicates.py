@@ -8,10 +8,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from training.fit import ModelSettings, fit_model
+from training.fit import fit_model
 from training.loop import TrainSettings
 from training.memory import NeighborMemory
 from training.schema import Schema
+from training.settings import ModelSettings
 
 
 def _window(n: int, seed: int, idle_share: float) -> pd.DataFrame:

@@ -13,10 +13,12 @@ import safetensors.torch
 from tests.training._data import auc, correlated_frame, mixed_frame
 from tests.training.conftest import FAST
 from training.errors import ArtifactError, InsufficientDataError
-from training.fit import FittedModel, ModelSettings, ThresholdSettings, fit_model, min_rows_for
+from training.fit import fit_model
+from training.fitted import FittedModel
 from training.loop import TrainSettings
 from training.model import AutoencoderSpec, DenseAutoencoder
 from training.schema import Feature, Schema
+from training.settings import ModelSettings, ThresholdSettings, min_rows_for
 
 MIXED = Schema((
     Feature("load", "numeric"),
@@ -219,9 +221,10 @@ def test_trim_fraction_drops_the_highest_scoring_rows_and_refits() -> None:
     import numpy as np
     import pandas as pd
 
-    from training.fit import ModelSettings, fit_model
+    from training.fit import fit_model
     from training.loop import TrainSettings
     from training.schema import Feature, Schema
+    from training.settings import ModelSettings
 
     rng = np.random.default_rng(0)
     n = 1000
@@ -243,9 +246,10 @@ def test_trim_fraction_drops_the_highest_scoring_rows_and_refits() -> None:
 
 
 def test_large_windows_calibrate_on_the_validation_split_small_ones_on_every_row() -> None:
-    from training.fit import ThresholdSettings, fit_model
+    from training.fit import fit_model
     from training.loop import TrainSettings
     from training.schema import Feature, Schema
+    from training.settings import ThresholdSettings
 
     rng = np.random.default_rng(4)
     frame = pd.DataFrame({"x": rng.normal(size=400), "y": rng.normal(size=400)})

@@ -8,10 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from training.fit import KEY_COLUMN, TS_COLUMN, FittedModel, ModelSettings, ThresholdSettings, fit_model
+from training.choices import VARIANTS
+from training.fit import KEY_COLUMN, TS_COLUMN, fit_model
+from training.fitted import FittedModel
 from training.loop import TrainSettings
-from training.model import VARIANTS
 from training.schema import Schema
+from training.settings import ModelSettings, ThresholdSettings
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU path is not tested")]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import training.memory
-from training.fit import ModelSettings, Scoring
 from training.memory import NeighborMemory, _cells, _Lists
+from training.settings import ModelSettings, Scoring
 
 
 def _factors(n: int, d: int, seed: int) -> npt.NDArray[np.float32]:
@@ -179,7 +179,8 @@ def test_the_search_is_stored_with_the_scoring_and_old_models_read_as_exact() ->
 def test_a_model_fitted_with_the_approximate_search_keeps_it_through_its_artifact(small_cells: None) -> None:
     from tests.training._data import correlated_frame
     from tests.training.conftest import FAST
-    from training.fit import FittedModel, fit_model
+    from training.fit import fit_model
+    from training.fitted import FittedModel
     from training.schema import Feature, Schema
 
     schema = Schema(tuple(Feature(f"f{i}", "numeric") for i in range(6)))

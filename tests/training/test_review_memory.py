@@ -9,10 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from training.fit import MAX_INCIDENTS, FittedModel, ModelSettings, fit_model
+from training.fit import MAX_INCIDENTS, fit_model
+from training.fitted import FittedModel
 from training.loop import TrainSettings
 from training.memory import nearest_distance
 from training.schema import Feature, Schema
+from training.settings import ModelSettings
 
 COLUMNS = [f"f{i}" for i in range(6)]
 SCHEMA = Schema(tuple(Feature(c, "numeric") for c in COLUMNS))

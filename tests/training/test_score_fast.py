@@ -19,9 +19,13 @@ import torch
 
 from tests.training._data import correlated_frame, mixed_frame
 from training import preprocess
-from training.fit import OUT_OF_RANGE_SPANS, FittedModel, ModelSettings, ScoreResult, fit_model
-from training.loop import LossName, TrainSettings
+from training.choices import LossName
+from training.fit import fit_model
+from training.fitted import OUT_OF_RANGE_SPANS, FittedModel
+from training.loop import TrainSettings
+from training.result import ScoreResult
 from training.schema import Feature, Schema
+from training.settings import ModelSettings
 
 MIXED = Schema((
     Feature("load", "numeric"),

@@ -10,10 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.fit import KEY_COLUMN, TS_COLUMN, FittedModel, ModelSettings, ThresholdSettings, fit_model
+from training.fit import KEY_COLUMN, TS_COLUMN, fit_model
+from training.fitted import FittedModel
 from training.loop import TrainSettings
 from training.schema import Schema
 from training.sequence import TIME_FEATURES, time_features, windows
+from training.settings import ModelSettings, ThresholdSettings
 
 # --- windows() -------------------------------------------------------------------------------------
 

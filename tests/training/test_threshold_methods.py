@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from training.fit import ModelSettings, ThresholdSettings, fit_model
+from training.choices import THRESHOLD_METHODS
+from training.fit import fit_model
 from training.loop import TrainSettings
 from training.schema import Schema
+from training.settings import ModelSettings, ThresholdSettings
 from training.thresholds import (
     MIN_POT_EXCEEDANCES,
-    THRESHOLD_METHODS,
     Threshold,
     fit_mad_threshold,
     fit_pot_threshold,

@@ -15,10 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from tests.training._data import auc
-from training.fit import FittedModel, ModelSettings, ThresholdSettings, fit_model
+from training.choices import VARIANTS
+from training.fit import fit_model
+from training.fitted import FittedModel
 from training.loop import TrainSettings, _training_loss, train_autoencoder
-from training.model import VARIANTS, AutoencoderSpec, DenseAutoencoder
+from training.model import AutoencoderSpec, DenseAutoencoder
 from training.schema import Schema
+from training.settings import ModelSettings, ThresholdSettings
 
 FEATURES = ["x", "y", "u", "v", "z"]
 BROKEN = FEATURES.index("y")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from detector.quality_metrics import average_precision, rates_at, roc_auc
+from training.quality import average_precision, rates_at, roc_auc
 
 
 def test_perfect_ranking_scores_one() -> None:
