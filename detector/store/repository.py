@@ -1,24 +1,23 @@
-"""All reads and writes of the store; SQLAlchemy sessions never leave this module."""
+"""The store's API: the `Repository` facade, and its reads and writes of records (ingest, scoring, training
+windows, counts, retention). Model versions and training runs are in `models`, reviews in `reviews`; SQLAlchemy
+sessions never leave the store's classes."""
 
 from __future__ import annotations
 
 import logging
 import threading
-import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, exists, func, insert, or_, select, text, update
+from sqlalchemy import ColumnElement, and_, delete, exists, func, insert, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from detector.errors import StorageError, VigilError
 from detector.metrics import StoreSnapshot
 from detector.records import Rejection, ValidRecord
-from detector.store._bulk import (
+from detector.store.bulk import (
     claim_pending,
     copy_outliers,
     insert_records,
@@ -26,126 +25,29 @@ from detector.store._bulk import (
     mark_scored,
     sqlite_rows,
 )
+from detector.store.faults import storage_error
+from detector.store.models import ModelStore
+from detector.store.reviews import Reviews, outlier_page, outlier_view
 from detector.store.tables import (
     MaintenanceWindowRow,
     ModelVersionRow,
     OutlierRow,
     RecordRow,
     RejectRow,
-    TrainingRunRow,
     WatermarkRow,
 )
+from detector.store.types import (
+    DetectorCounts,
+    IngestScores,
+    OutlierFilter,
+    OutlierView,
+    PendingRecord,
+    ScoredRecord,
+)
 
-__all__ = [
-    "DetectorCounts",
-    "IngestScores",
-    "ModelVersion",
-    "OutlierView",
-    "PendingRecord",
-    "Repository",
-    "ScoredRecord",
-    "TrainingRun",
-]
+__all__ = ["Repository"]
 
 logger = logging.getLogger(__name__)
-
-INTERRUPTED = "interrupted: the daemon stopped"
-
-
-class PendingRecord(NamedTuple):
-    """A stored record as the scorer and the trainer read it (a NamedTuple: immutable, and several times
-    cheaper to create than a frozen dataclass, which matters at one per record)."""
-
-    id: int
-    ts: datetime
-    key: str | None
-    fields: dict[str, Any]
-
-
-class ScoredRecord(NamedTuple):
-    """The scoring result of one pending record; `outlier` holds the explanation when flagged, and
-    `suppressed` why alerting kept a record over the threshold from being flagged."""
-
-    id: int
-    score: float
-    outlier: dict[str, Any] | None = None
-    ood: dict[str, Any] | None = None
-    suppressed: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class IngestScores:
-    """Scores of a batch's accepted records, computed before they are stored (scoring on ingest): the
-    records go in as `scored` in the same transaction, with their outliers. Per record (in batch order)
-    its score; by record index, the explanations of the flagged ones, their out-of-distribution notes and
-    why alert hygiene held back a record over the threshold."""
-
-    model_version_id: int
-    threshold: float
-    scores: list[float]
-    outliers: dict[int, dict[str, Any]]
-    ood: dict[int, dict[str, Any]]
-    suppressed: dict[int, str]
-
-
-@dataclass(frozen=True, slots=True)
-class ModelVersion:
-    id: int
-    detector: str
-    version: int
-    status: str
-    created_at: datetime
-    activated_at: datetime | None
-    window_start: datetime | None
-    window_end: datetime | None
-    n_records: int
-    threshold: float
-    meta: dict[str, Any]
-    weights: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class OutlierView:
-    id: int
-    record_id: int | None
-    detector: str
-    ts: datetime
-    key: str | None
-    fields: dict[str, Any]
-    score: float
-    threshold: float
-    model_version: int
-    contributions: list[dict[str, Any]]
-    expected: dict[str, Any]
-    review_state: str
-    created_at: datetime
-    ood: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TrainingRun:
-    id: int
-    detector: str
-    trigger: str
-    started_at: datetime
-    finished_at: datetime | None
-    result: str
-    message: str | None
-    n_records: int | None
-    duration_s: float | None
-    train_loss: float | None
-    val_loss: float | None
-    model_version: int | None
-    diversity: dict[str, Any] | None = None
-
-
-@dataclass(slots=True)
-class DetectorCounts:
-    pending: int = 0
-    scored: int = 0
-    rejected: int = 0
-    outliers: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 def _reviewed_into_training(states: Sequence[str]) -> ColumnElement[bool]:
@@ -167,15 +69,6 @@ def _trainable(reviewed_in: Sequence[str]) -> ColumnElement[bool]:
     return and_(allowed, ~_in_maintenance())
 
 
-def _model(row: ModelVersionRow, with_weights: bool) -> ModelVersion:
-    return ModelVersion(
-        id=row.id, detector=row.detector, version=row.version, status=row.status,
-        created_at=row.created_at, activated_at=row.activated_at, window_start=row.window_start,
-        window_end=row.window_end, n_records=row.n_records, threshold=row.threshold, meta=row.meta,
-        weights=row.weights if with_weights else None,
-    )
-
-
 def _outlier_row(record_id: int, detector: str, record: ValidRecord | PendingRecord, score: float, threshold: float,
                  model_version_id: int, outlier: Mapping[str, Any], ood: dict[str, Any] | None,
                  now: datetime) -> dict[str, Any]:
@@ -186,13 +79,15 @@ def _outlier_row(record_id: int, detector: str, record: ValidRecord | PendingRec
             "review_state": "unreviewed", "created_at": now, "ood": ood}
 
 
-class Repository:
-    """The store's API in domain terms. Every method is one transaction."""
+class Repository(ModelStore):
+    """The store's API in domain terms. Every method is one transaction.
+
+    Records (ingest, scoring, training windows, counts, retention) are here; model versions and training runs
+    come from `ModelStore`, and reviews and maintenance windows are on `reviews`.
+    """
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
-        from detector.store.reviews import Reviews
-
-        self._sessions = sessions
+        super().__init__(sessions)
         self.reviews = Reviews(sessions)
         # SQLite has one writer at a time; threads of this process that wait for it in SQLite's busy handler
         # sleep 1 to 100 ms per try, long after the lock is free. The hot writers (ingest, scoring) queue
@@ -200,9 +95,6 @@ class Repository:
         bind = sessions.kw.get("bind")
         self._sqlite = bind is not None and bind.dialect.name == "sqlite"
         self._writer = threading.Lock()
-        # bumped whenever this process changes a detector's active model (readers that cache the active
-        # version compare it instead of asking the store each time)
-        self.model_changes = 0
 
     def _writing(self) -> AbstractContextManager[Any]:
         return self._writer if self._sqlite else nullcontext()
@@ -210,22 +102,6 @@ class Repository:
     def dispose(self) -> None:
         """Close the pooled connections (for tools and tests; the daemon keeps them)."""
         self._sessions.kw["bind"].dispose()
-
-    @contextmanager
-    def _tx(self, operation: str) -> Iterator[Session]:
-        try:
-            with self._sessions.begin() as session:
-                yield session
-        except SQLAlchemyError as exc:
-            raise StorageError(operation, exc) from exc
-
-    @contextmanager
-    def _read(self, operation: str) -> Iterator[Session]:
-        try:
-            with self._sessions() as session:
-                yield session
-        except SQLAlchemyError as exc:
-            raise StorageError(operation, exc) from exc
 
     # -- ingestion -------------------------------------------------------------------------
     def add_batch(self, detector: str, source: str, accepted: Sequence[ValidRecord],
@@ -244,7 +120,7 @@ class Repository:
             try:
                 rows = sqlite_rows(detector, source, accepted, now, scored)
             except SQLAlchemyError as exc:
-                raise StorageError("ingest", exc) from exc
+                raise storage_error("ingest", exc) from exc
         with self._writing(), self._tx("ingest") as session:
             if accepted and scored is not None:
                 ids = insert_scored_records(session, detector, source, accepted, scored, now, rows)
@@ -395,191 +271,6 @@ class Repository:
                 .where(RecordRow.detector == detector, RecordRow.ts >= since, _trainable(reviewed_in))
             ) or 0)
 
-    @contextmanager
-    def trainer_lock(self, detector: str) -> Iterator[bool]:
-        """Whether this process may train `detector` now: on PostgreSQL a session advisory lock held
-        for the block (one trainer per detector across instances); elsewhere always True."""
-        engine = self._sessions.kw["bind"]
-        if engine.dialect.name != "postgresql":
-            yield True
-            return
-        key = zlib.crc32(f"vigil-train:{detector}".encode())
-        try:
-            conn = engine.connect()
-        except SQLAlchemyError as exc:
-            raise StorageError("trainer lock", exc) from exc
-        try:
-            got = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
-            conn.commit()
-            try:
-                yield got
-            finally:
-                if got:
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                    conn.commit()
-        finally:
-            conn.close()
-
-    def last_counted_run(self, detector: str) -> TrainingRun | None:
-        """The newest training run that was not skipped (the one a schedule slot is judged by)."""
-        with self._read("read training runs") as session:
-            row = session.scalar(select(TrainingRunRow).where(
-                TrainingRunRow.detector == detector, TrainingRunRow.result != "skipped")
-                .order_by(TrainingRunRow.id.desc()).limit(1))
-            if row is None:
-                return None
-            return TrainingRun(id=row.id, detector=row.detector, trigger=row.trigger, started_at=row.started_at,
-                               finished_at=row.finished_at, result=row.result, message=row.message,
-                               n_records=row.n_records, duration_s=row.duration_s, train_loss=row.train_loss,
-                               val_loss=row.val_loss, model_version=None, diversity=row.diversity)
-
-    def start_training_run(self, detector: str, trigger: str) -> int:
-        with self._tx("start training run") as session:
-            row = TrainingRunRow(detector=detector, trigger=trigger, started_at=datetime.now(UTC),
-                                 result="running")
-            session.add(row)
-            session.flush()
-            return row.id
-
-    def finish_training_run(self, run_id: int, result: str, message: str | None = None,
-                            n_records: int | None = None, duration_s: float | None = None,
-                            train_loss: float | None = None, val_loss: float | None = None,
-                            model_version_id: int | None = None, diversity: dict[str, Any] | None = None) -> None:
-        with self._tx("finish training run") as session:
-            session.execute(update(TrainingRunRow).where(TrainingRunRow.id == run_id).values(
-                finished_at=datetime.now(UTC), result=result, message=message, n_records=n_records,
-                duration_s=duration_s, train_loss=train_loss, val_loss=val_loss,
-                model_version_id=model_version_id, diversity=diversity))
-
-    def abandon_running_runs(self, detector: str) -> int:
-        """Mark runs of `detector` left `running` by a stopped process (killed mid-training) as failed.
-
-        Call it holding the detector's trainer lock, so that no live instance is training it.
-        """
-        with self._tx("abandon training runs") as session:
-            result = session.execute(update(TrainingRunRow).where(
-                TrainingRunRow.detector == detector, TrainingRunRow.result == "running").values(
-                result="failed", finished_at=datetime.now(UTC), message=INTERRUPTED))
-            return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-    def save_model(self, detector: str, weights: bytes, meta: dict[str, Any], threshold: float,
-                   n_records: int, window_start: datetime | None, window_end: datetime | None,
-                   activate: bool = True, run_id: int | None = None) -> ModelVersion:
-        """Store a new model version; when `activate`, retire the active one in the same transaction.
-
-        With `run_id`, that training run is marked successful (naming the version) in the same
-        transaction, so that no crash can leave a model whose run a restart records as failed.
-        """
-        now = datetime.now(UTC)
-        with self._tx("save model") as session:
-            last = session.scalar(select(func.max(ModelVersionRow.version))
-                                  .where(ModelVersionRow.detector == detector)) or 0
-            if activate:
-                session.execute(update(ModelVersionRow).where(
-                    ModelVersionRow.detector == detector, ModelVersionRow.status == "active"
-                ).values(status="retired"))
-            row = ModelVersionRow(
-                detector=detector, version=last + 1, status="active" if activate else "candidate",
-                created_at=now, activated_at=now if activate else None, window_start=window_start,
-                window_end=window_end, n_records=n_records, threshold=threshold, weights=weights, meta=meta)
-            session.add(row)
-            session.flush()
-            if run_id is not None:
-                session.execute(update(TrainingRunRow).where(TrainingRunRow.id == run_id).values(
-                    result="success", finished_at=now, model_version_id=row.id,
-                    message=f"model version {row.version} {'active' if activate else 'saved'}"))
-            saved = _model(row, with_weights=False)
-        if activate:
-            self.model_changes += 1
-        return saved
-
-    def promote(self, detector: str, version: int) -> ModelVersion:
-        """Make `version` the active model of `detector` (the active one is retired) in one transaction."""
-        now = datetime.now(UTC)
-        with self._tx("promote model") as session:
-            row = session.scalar(select(ModelVersionRow).where(
-                ModelVersionRow.detector == detector, ModelVersionRow.version == version).with_for_update())
-            if row is None:
-                raise VigilError(f"detector {detector!r} has no model version {version}")
-            if row.status == "pruned" or not row.weights:
-                raise VigilError(f"model version {version} of {detector!r} was pruned (its weights are gone)")
-            if row.status != "active":
-                session.execute(update(ModelVersionRow).where(
-                    ModelVersionRow.detector == detector, ModelVersionRow.status == "active"
-                ).values(status="retired"))
-                row.status, row.activated_at = "active", now
-            session.flush()
-            promoted = _model(row, with_weights=False)
-        self.model_changes += 1
-        return promoted
-
-    def rollback(self, detector: str) -> ModelVersion:
-        """Activate the newest usable version older than the active one."""
-        active = self.active_model(detector, with_weights=False)
-        if active is None:
-            raise VigilError(f"detector {detector!r} has no active model to roll back from")
-        with self._read("find previous model") as session:
-            previous = session.scalar(select(ModelVersionRow.version).where(
-                ModelVersionRow.detector == detector, ModelVersionRow.version < active.version,
-                ModelVersionRow.status.in_(("retired", "candidate"))).order_by(ModelVersionRow.version.desc()))
-        if previous is None:
-            raise VigilError(f"detector {detector!r} has no earlier model version to roll back to")
-        return self.promote(detector, previous)
-
-    def prune_models(self, detector: str, keep: int) -> int:
-        """Drop the weights of all but the newest `keep` versions (never the active one); rows stay."""
-        with self._tx("prune models") as session:
-            keep_ids = select(ModelVersionRow.id).where(ModelVersionRow.detector == detector).order_by(
-                ModelVersionRow.version.desc()).limit(keep).scalar_subquery()
-            result = session.execute(update(ModelVersionRow).where(
-                ModelVersionRow.detector == detector, ModelVersionRow.status != "active",
-                ModelVersionRow.status != "pruned", ModelVersionRow.id.not_in(keep_ids)
-            ).values(status="pruned", weights=b""))
-            return int(result.rowcount or 0)  # type: ignore[attr-defined]
-
-    def active_model(self, detector: str, with_weights: bool = True) -> ModelVersion | None:
-        with self._read("read active model") as session:
-            row = session.scalar(select(ModelVersionRow).where(
-                ModelVersionRow.detector == detector, ModelVersionRow.status == "active"))
-            return _model(row, with_weights) if row else None
-
-    def active_model_id(self, detector: str) -> int | None:
-        with self._read("read active model") as session:
-            return session.scalar(select(ModelVersionRow.id).where(
-                ModelVersionRow.detector == detector, ModelVersionRow.status == "active"))
-
-    def get_model(self, detector: str, version: int) -> ModelVersion | None:
-        with self._read("read model") as session:
-            row = session.scalar(select(ModelVersionRow).where(
-                ModelVersionRow.detector == detector, ModelVersionRow.version == version))
-            return _model(row, with_weights=False) if row else None
-
-    def list_models(self, detector: str | None = None, limit: int = 100) -> list[ModelVersion]:
-        stmt = select(ModelVersionRow).order_by(ModelVersionRow.detector, ModelVersionRow.version.desc())
-        if detector:
-            stmt = stmt.where(ModelVersionRow.detector == detector)
-        with self._read("list models") as session:
-            return [_model(r, False) for r in session.scalars(stmt.limit(limit))]
-
-    def last_training_run(self, detector: str) -> TrainingRun | None:
-        runs = self.list_training_runs(detector, limit=1)
-        return runs[0] if runs else None
-
-    def list_training_runs(self, detector: str, limit: int = 20) -> list[TrainingRun]:
-        with self._read("list training runs") as session:
-            rows = session.execute(
-                select(TrainingRunRow, ModelVersionRow.version)
-                .outerjoin(ModelVersionRow, ModelVersionRow.id == TrainingRunRow.model_version_id)
-                .where(TrainingRunRow.detector == detector)
-                .order_by(TrainingRunRow.id.desc()).limit(limit)).all()
-        return [
-            TrainingRun(id=r.id, detector=r.detector, trigger=r.trigger, started_at=r.started_at,
-                        finished_at=r.finished_at, result=r.result, message=r.message,
-                        n_records=r.n_records, duration_s=r.duration_s, train_loss=r.train_loss,
-                        val_loss=r.val_loss, model_version=version, diversity=r.diversity)
-            for r, version in rows
-        ]
-
     # -- reading -----------------------------------------------------------------------------
     def count_by_state(self) -> dict[tuple[str, str], int]:
         with self._read("count records") as session:
@@ -624,22 +315,9 @@ class Repository:
 
     def list_outliers(self, detector: str | None = None, since: datetime | None = None,
                       limit: int = 50) -> list[OutlierView]:
-        stmt = (select(OutlierRow, ModelVersionRow.version)
-                .join(ModelVersionRow, ModelVersionRow.id == OutlierRow.model_version_id)
-                .order_by(OutlierRow.id.desc()).limit(limit))
-        if detector:
-            stmt = stmt.where(OutlierRow.detector == detector)
-        if since:
-            stmt = stmt.where(OutlierRow.ts >= since)
+        """The newest `limit` outliers (by id), of `detector` and since `since` when given: the reviews' query."""
         with self._read("list outliers") as session:
-            rows = session.execute(stmt).all()
-        return [
-            OutlierView(id=o.id, record_id=o.record_id, detector=o.detector, ts=o.ts, key=o.key,
-                        fields=o.fields, score=o.score, threshold=o.threshold, model_version=version,
-                        contributions=o.contributions, expected=o.expected, review_state=o.review_state,
-                        created_at=o.created_at, ood=o.ood)
-            for o, version in rows
-        ]
+            return outlier_page(session, OutlierFilter(detector=detector, since=since), limit, 0, "id", True)
 
     def list_rejects(self, detector: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         stmt = select(RejectRow).order_by(RejectRow.id.desc()).limit(limit)
@@ -676,13 +354,7 @@ class Repository:
                 .order_by((OutlierRow.score / OutlierRow.threshold).desc(), OutlierRow.id.desc()).limit(limit))
         with self._read("read top outliers") as session:
             rows = session.execute(stmt).all()
-        return [
-            OutlierView(id=o.id, record_id=o.record_id, detector=o.detector, ts=o.ts, key=o.key,
-                        fields=o.fields, score=o.score, threshold=o.threshold, model_version=version,
-                        contributions=o.contributions, expected=o.expected, review_state=o.review_state,
-                        created_at=o.created_at, ood=o.ood)
-            for o, version in rows
-        ]
+        return [outlier_view(o, version) for o, version in rows]
 
     # -- retention ---------------------------------------------------------------------------
     def purge(self, records_before: datetime, rejects_before: datetime) -> tuple[int, int]:

@@ -3,72 +3,31 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import Select, and_, delete, func, select, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from detector.errors import StorageError
-from detector.store.repository import OutlierView
+from detector.store.session import SessionScope
 from detector.store.tables import MaintenanceWindowRow, ModelVersionRow, OutlierRow, RecordRow
+from detector.store.types import (
+    VERDICTS,
+    MaintenanceWindow,
+    OutlierDetail,
+    OutlierFilter,
+    OutlierView,
+    SortKey,
+)
 
-__all__ = [
-    "REVIEW_STATES",
-    "VERDICTS",
-    "MaintenanceWindow",
-    "OutlierDetail",
-    "OutlierFilter",
-    "Reviews",
-]
+__all__ = ["Reviews", "outlier_page", "outlier_view"]
 
 logger = logging.getLogger(__name__)
 
-VERDICTS = ("confirmed", "dismissed")
-REVIEW_STATES = ("unreviewed", *VERDICTS)
-SortKey = Literal["ts", "score", "ratio", "id"]
 
-
-@dataclass(frozen=True, slots=True)
-class OutlierFilter:
-    detector: str | None = None
-    since: datetime | None = None
-    until: datetime | None = None
-    review_state: str | None = None
-    min_score: float | None = None
-    min_ratio: float | None = None
-    key: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class MaintenanceWindow:
-    id: int
-    detector: str
-    start: datetime
-    end: datetime
-    reason: str | None
-    created_at: datetime
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "detector": self.detector, "start": self.start.isoformat(),
-                "end": self.end.isoformat(), "reason": self.reason, "created_at": self.created_at.isoformat()}
-
-
-@dataclass(frozen=True, slots=True)
-class OutlierDetail:
-    outlier: OutlierView
-    review_note: str | None
-    reviewer: str | None
-    reviewed_at: datetime | None
-    model: dict[str, Any]
-    history: list[dict[str, Any]]
-
-
-def _view(o: OutlierRow, version: int) -> OutlierView:
+def outlier_view(o: OutlierRow, version: int) -> OutlierView:
+    """An outliers-table row as the store gives it, with the number of the model version that flagged it."""
     return OutlierView(id=o.id, record_id=o.record_id, detector=o.detector, ts=o.ts, key=o.key, fields=o.fields,
                        score=o.score, threshold=o.threshold, model_version=version, contributions=o.contributions,
                        expected=o.expected, review_state=o.review_state, created_at=o.created_at, ood=o.ood)
@@ -93,41 +52,36 @@ def _filtered(stmt: Select[Any], f: OutlierFilter) -> Select[Any]:
     return stmt.where(and_(*conditions)) if conditions else stmt
 
 
-class Reviews:
+def outlier_page(session: Session, f: OutlierFilter, limit: int, offset: int, sort: SortKey,
+                 descending: bool) -> list[OutlierView]:
+    """One page of the outliers matching `f`, in `sort` order (ties by id, the same way), read in `session`."""
+    column = {"ts": OutlierRow.ts, "score": OutlierRow.score, "id": OutlierRow.id,
+              "ratio": OutlierRow.score / OutlierRow.threshold}[sort]
+    order = (column.desc(), OutlierRow.id.desc()) if descending else (column.asc(), OutlierRow.id.asc())
+    stmt = _filtered(select(OutlierRow, ModelVersionRow.version)
+                     .join(ModelVersionRow, ModelVersionRow.id == OutlierRow.model_version_id), f)
+    rows = session.execute(stmt.order_by(*order).limit(limit).offset(offset)).all()
+    return [outlier_view(o, v) for o, v in rows]
+
+
+class Reviews(SessionScope):
     """The review side of the store; sessions never leave this class."""
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
-        self._sessions = sessions
+        super().__init__(sessions)
         self.window_changes = 0    # bumped when this process adds or deletes a maintenance window
-
-    @contextmanager
-    def _session(self, operation: str, write: bool = False) -> Iterator[Session]:
-        try:
-            if write:
-                with self._sessions.begin() as session:
-                    yield session
-            else:
-                with self._sessions() as session:
-                    yield session
-        except SQLAlchemyError as exc:
-            raise StorageError(operation, exc) from exc
 
     def query(self, f: OutlierFilter, limit: int = 50, offset: int = 0, sort: SortKey = "ts",
               descending: bool = True) -> tuple[list[OutlierView], int]:
         """One page of outliers matching `f`, and how many match in all."""
-        column = {"ts": OutlierRow.ts, "score": OutlierRow.score, "id": OutlierRow.id,
-                  "ratio": OutlierRow.score / OutlierRow.threshold}[sort]
-        order = (column.desc(), OutlierRow.id.desc()) if descending else (column.asc(), OutlierRow.id.asc())
-        stmt = _filtered(select(OutlierRow, ModelVersionRow.version)
-                         .join(ModelVersionRow, ModelVersionRow.id == OutlierRow.model_version_id), f)
-        with self._session("query outliers") as session:
+        with self._read("query outliers") as session:
             total = int(session.scalar(_filtered(select(func.count()).select_from(OutlierRow), f)) or 0)
-            rows = session.execute(stmt.order_by(*order).limit(limit).offset(offset)).all()
-        return [_view(o, v) for o, v in rows], total
+            views = outlier_page(session, f, limit, offset, sort, descending)
+        return views, total
 
     def detail(self, outlier_id: int, around: int = 30) -> OutlierDetail | None:
         """One outlier in full: its model version and training window, and the key's scores around it."""
-        with self._session("read outlier") as session:
+        with self._read("read outlier") as session:
             row = session.execute(select(OutlierRow, ModelVersionRow)
                                   .join(ModelVersionRow, ModelVersionRow.id == OutlierRow.model_version_id)
                                   .where(OutlierRow.id == outlier_id)).first()
@@ -150,7 +104,7 @@ class Reviews:
                  "diversity": (m.meta.get("diversity") or {}).get("status"),
                  "diversity_problems": [c for c in (m.meta.get("diversity") or {}).get("checks", [])
                                         if c.get("status") != "ok"]}
-        return OutlierDetail(_view(o, m.version), o.review_note, o.reviewer, o.reviewed_at, model, history)
+        return OutlierDetail(outlier_view(o, m.version), o.review_note, o.reviewer, o.reviewed_at, model, history)
 
     def set_verdict(self, ids: Sequence[int], verdict: str, note: str | None,
                     reviewer: str | None) -> tuple[list[tuple[int, str]], list[int]]:
@@ -158,7 +112,7 @@ class Reviews:
         if verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
         wanted = sorted(set(ids))
-        with self._session("store verdict", write=True) as session:
+        with self._tx("store verdict") as session:
             found = session.execute(select(OutlierRow.id, OutlierRow.detector)
                                     .where(OutlierRow.id.in_(wanted))).all()
             if found:
@@ -173,14 +127,14 @@ class Reviews:
 
     def verdict_counts(self) -> dict[tuple[str, str], int]:
         """Outliers by detector and review state."""
-        with self._session("count verdicts") as session:
+        with self._read("count verdicts") as session:
             rows = session.execute(select(OutlierRow.detector, OutlierRow.review_state, func.count())
                                    .group_by(OutlierRow.detector, OutlierRow.review_state)).all()
         return {(d, s): int(n) for d, s, n in rows}
 
     def reviewed_fields(self, detector: str, limit: int = 10_000) -> list[tuple[str, dict[str, Any]]]:
         """(verdict, record fields) of the newest reviewed outliers of a detector."""
-        with self._session("read reviewed outliers") as session:
+        with self._read("read reviewed outliers") as session:
             rows = session.execute(select(OutlierRow.review_state, OutlierRow.fields)
                                    .where(OutlierRow.detector == detector, OutlierRow.review_state.in_(VERDICTS))
                                    .order_by(OutlierRow.id.desc()).limit(limit)).all()
@@ -190,7 +144,7 @@ class Reviews:
     def add_window(self, detector: str, start: datetime, end: datetime, reason: str | None) -> MaintenanceWindow:
         if end <= start:
             raise ValueError("a maintenance window must end after it starts")
-        with self._session("add maintenance window", write=True) as session:
+        with self._tx("add maintenance window") as session:
             row = MaintenanceWindowRow(detector=detector, start=start, end=end, reason=reason,
                                        created_at=datetime.now(UTC))
             session.add(row)
@@ -203,12 +157,12 @@ class Reviews:
         stmt = select(MaintenanceWindowRow).where(MaintenanceWindowRow.detector == detector)
         if overlapping is not None:
             stmt = stmt.where(MaintenanceWindowRow.start <= overlapping[1], MaintenanceWindowRow.end > overlapping[0])
-        with self._session("list maintenance windows") as session:
+        with self._read("list maintenance windows") as session:
             return [MaintenanceWindow(r.id, r.detector, r.start, r.end, r.reason, r.created_at)
                     for r in session.scalars(stmt.order_by(MaintenanceWindowRow.start))]
 
     def delete_window(self, detector: str, window_id: int) -> bool:
-        with self._session("delete maintenance window", write=True) as session:
+        with self._tx("delete maintenance window") as session:
             result = session.execute(delete(MaintenanceWindowRow).where(
                 MaintenanceWindowRow.id == window_id, MaintenanceWindowRow.detector == detector))
             deleted = bool(result.rowcount)  # type: ignore[attr-defined]

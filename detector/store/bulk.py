@@ -15,17 +15,15 @@ import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session
 
 from detector import fastjson
-
-if TYPE_CHECKING:
-    from detector.records import ValidRecord
-    from detector.store.repository import IngestScores, ScoredRecord
+from detector.records import ValidRecord
+from detector.store.types import IngestScores, ScoredRecord
 
 __all__ = ["ClaimedRow", "claim_pending", "copy_outliers", "insert_records", "insert_scored_records", "mark_scored",
            "sqlite_rows"]
