@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from detector import svgplot
+from detector.offline import svgplot
 from training.loop import TrainSettings, row_errors, train_autoencoder
 from training.model import AutoencoderSpec, count_parameters
 

@@ -17,10 +17,11 @@ import pandas as pd
 import torch
 
 from training.diversity import DiversityReport, check_window
-from training.fit import ModelSettings, fit_model
+from training.fit import fit_model
 from training.loop import TrainSettings
 from training.model import AutoencoderSpec, count_parameters
 from training.schema import Schema
+from training.settings import ModelSettings
 
 N_ROWS = 100_000
 N_NUMERIC, N_CATEGORICAL, N_BOOLEAN = 40, 8, 2
@@ -68,7 +69,7 @@ def main() -> None:
     started = time.perf_counter()
     fitted = fit_model(frame, schema, MODEL, TRAIN)
     fit_s = time.perf_counter() - started
-    n_parameters = count_parameters(AutoencoderSpec(fitted.preprocessor.n_columns, MODEL.hidden, MODEL.latent))
+    n_parameters = count_parameters(AutoencoderSpec.of(MODEL, fitted.preprocessor.n_columns))
     report_s, report = best_report_time(frame, schema, timestamps, history, n_parameters)
     epochs = int(fitted.report["epochs_run"])
     loop_s = float(fitted.report["seconds"])

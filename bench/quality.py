@@ -54,7 +54,7 @@ from bench._quality_methods import (
 )
 from bench._quality_report import write_report
 from detector.config import DaemonConfig
-from detector.quality_metrics import average_precision, rates_at, roc_auc
+from training.quality import average_precision, rates_at, roc_auc
 
 # Named Vigil configurations: overrides of a detector's [model], [threshold] and [training] sections, exactly
 # as they would be written in config.toml (validated by detector.config). Add a name, then `--configs NAME`.

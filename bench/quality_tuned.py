@@ -45,9 +45,11 @@ import torch
 
 from bench._quality_data import CORE_SETS, calibration_split, load_tabular, standardise, subsample, tabular_split
 from bench._quality_methods import _KnnDistance, available_baselines, run_baseline, vigil_detector
-from detector.quality_metrics import average_precision, rates_at, roc_auc
 from detector.trainer import settings_for
-from training.fit import COMPONENTS, FittedModel, fit_model
+from training.fit import fit_model
+from training.fitted import FittedModel
+from training.quality import average_precision, rates_at, roc_auc
+from training.settings import COMPONENTS
 
 VALIDATION_SHARE = 0.3
 WEIGHT_GRID = [(0.3, 1.0, 0.5)] + [w for w in itertools.product((0.0, 0.3, 1.0), repeat=3) if sum(w) > 0]

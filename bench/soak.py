@@ -11,91 +11,57 @@ memory, errors and the pending backlog. Prints a Markdown table and writes it to
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):                 # run as a script: make `tests` importable from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import tempfile
-import textwrap
 import threading
 import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.config import HEALTHY, WEB_FEATURES, config_text, daemon_heading, detector, write_config_file
+from tests.support.daemon import BenchDaemon
+from tests.support.net import free_port
+from tests.support.prom import samples
+
 RESULTS = Path(__file__).parent / "results" / "soak.md"
 BATCH = 100
 WARMUP_S = 60.0
 DRAIN_S = 120.0
 REGIONS = ("eu-west", "us-east", "ap-south")
 
-CONFIG = """
-[daemon]
-state_dir = "state"
-torch_threads = 1
-log_level = "info"
-
-[http]
-host = "127.0.0.1"
-port = {port}
-
-[detectors.soak]
-source = {{ type = "http" }}
-key_field = "host"
-
-[detectors.soak.features]
-load = "numeric"
-cpu = "numeric"
-latency = "numeric"
-region = "categorical"
-healthy = {{ kind = "boolean", optional = true }}
-
-[detectors.soak.model]
-hidden = [16]
-latent = 2
-epochs = 20
-batch_size = 128
-patience = 3
-seed = 0
-device = "cpu"
-
-[detectors.soak.training]
-interval = "5m"
-window = "1d"
-min_records = 1000
-max_records = 5000
-
-[detectors.soak.scoring]
-interval = "1s"
-batch_size = 5000
-"""
+def soak_config(port: int) -> str:
+    """The daemon: SQLite in ./state, one `soak` detector retrained every 5 min on up to 5,000 records."""
+    return config_text(daemon_heading(port), detector(
+        "soak", {**WEB_FEATURES, **HEALTHY},
+        model={"hidden": [16], "latent": 2, "epochs": 20, "batch_size": 128, "patience": 3, "seed": 0,
+               "device": "cpu"},
+        training={"interval": "5m", "window": "1d", "min_records": 1000, "max_records": 5000},
+        scoring={"interval": "1s", "batch_size": 5000}))
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of a process from /proc (Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+def start_daemon(workdir: Path) -> BenchDaemon:
+    """`vigil run` on `soak_config` in `workdir`, answering /healthz."""
+    port = free_port()
+    config = write_config_file(workdir / "config.toml", soak_config(port))
+    daemon = BenchDaemon(config, port, workdir / "state", detector="soak")
+    daemon.start()
+    return daemon
 
 
 def batch_body(rng: np.random.Generator, seq: int) -> bytes:
@@ -132,60 +98,6 @@ class Results:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class Daemon:
-    def __init__(self, workdir: Path) -> None:
-        self.dir = workdir
-        self.port = free_port()
-        self.config = workdir / "config.toml"
-        self.config.write_text(textwrap.dedent(CONFIG.format(port=self.port)), encoding="utf-8")
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / "daemon.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
-        env.pop("VIGIL_CONFIG", None)
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "detector.cli", "run", "--config", str(self.config), "--log-format", "json"],
-                stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-        deadline = time.monotonic() + 120
-        with httpx2.Client(base_url=self.url, timeout=5) as http:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise SystemExit(f"daemon exited with {self.proc.returncode}:\n{self.tail()}")
-                try:
-                    if http.get("/healthz").status_code == 200:
-                        return
-                except httpx2.TransportError:
-                    pass
-                time.sleep(0.2)
-        raise SystemExit(f"daemon did not answer /healthz within 120 s:\n{self.tail()}")
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    @property
-    def token(self) -> str:
-        return (self.dir / "state" / "api-token").read_text(encoding="utf-8").strip()
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=15)
-            return None
-
-
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -193,8 +105,7 @@ def pct(values: list[float], q: float) -> float:
 def run(minutes: float, rate: float, burst_factor: float, burst_seconds: float, workers: int) -> dict[str, Any]:
     steady_s = minutes * 60.0
     with tempfile.TemporaryDirectory(prefix="vigil-soak-") as tmp:
-        daemon = Daemon(Path(tmp))
-        daemon.start()
+        daemon = start_daemon(Path(tmp))
         try:
             result = drive(daemon, steady_s, rate, burst_factor, burst_seconds, workers)
         finally:
@@ -204,7 +115,7 @@ def run(minutes: float, rate: float, burst_factor: float, burst_seconds: float, 
         return result
 
 
-def drive(daemon: Daemon, steady_s: float, rate: float, burst_factor: float, burst_seconds: float,
+def drive(daemon: BenchDaemon, steady_s: float, rate: float, burst_factor: float, burst_seconds: float,
           workers: int) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {daemon.token}", "Content-Type": "application/json"}
     http = httpx2.Client(base_url=daemon.url, timeout=30,
@@ -213,7 +124,7 @@ def drive(daemon: Daemon, steady_s: float, rate: float, burst_factor: float, bur
     results = Results()
     rng = np.random.default_rng(0)
     rss: list[tuple[float, int]] = []
-    rss_start = rss_bytes(daemon.pid)
+    rss_start = daemon.rss()
     rss_warm: int | None = None
 
     def post(body: bytes, phase: Phase) -> None:
@@ -251,7 +162,7 @@ def drive(daemon: Daemon, steady_s: float, rate: float, burst_factor: float, bur
             while True:
                 now = time.monotonic()
                 if now - t0 >= next_sample:
-                    rss.append((now - t0, rss_bytes(daemon.pid)))
+                    rss.append((now - t0, daemon.rss()))
                     if rss_warm is None and now - t0 >= WARMUP_S:
                         rss_warm = rss[-1][1]
                     next_sample += 5.0
@@ -266,32 +177,27 @@ def drive(daemon: Daemon, steady_s: float, rate: float, burst_factor: float, bur
         print(f"{time.monotonic() - t0:7.1f} s: {phase.name} phase part done, {seq} batches sent", file=sys.stderr)
     pool.shutdown(wait=True)
     load_s = time.monotonic() - t0
-    rss_end_load = rss_bytes(daemon.pid)
+    rss_end_load = daemon.rss()
 
-    def status() -> dict[str, Any]:
-        body: dict[str, Any] = http.get("/v1/status").json()["detectors"]["soak"]
-        return body
-
-    pending_at_end = status()["records"]["pending"]
+    pending_at_end = daemon.status()["records"]["pending"]
     drain_started = time.monotonic()
     pending_after = pending_at_end
     while pending_after > 0 and time.monotonic() - drain_started < DRAIN_S:
         time.sleep(1.0)
-        pending_after = status()["records"]["pending"]
+        pending_after = daemon.status()["records"]["pending"]
     drain_s = time.monotonic() - drain_started
-    final = status()
-    rss_end = rss_bytes(daemon.pid)
-    metrics_text = http.get("/metrics").text
+    final = daemon.status()
+    rss_end = daemon.rss()
+    metrics_text = daemon.metrics()
     http.close()
-    db = daemon.dir / "state" / "vigil.db"
+    db = daemon.state_dir / "vigil.db"
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
     try:
         [(stored,)] = conn.execute("SELECT count(*) FROM records WHERE detector = 'soak'").fetchall()
         [(models,)] = conn.execute("SELECT count(*) FROM model_versions WHERE detector = 'soak'").fetchall()
     finally:
         conn.close()
-    store_errors = sum(float(line.rsplit(" ", 1)[1]) for line in metrics_text.splitlines()
-                       if line.startswith("vigil_errors_total{"))
+    store_errors = sum(value for _, value in samples(metrics_text, "vigil_errors_total"))
     accepted = phases["steady"].accepted + phases["burst"].accepted
     return {
         "planned_s": total_s, "load_s": load_s, "phases": phases, "results": results,

@@ -36,14 +36,11 @@ import itertools
 import json
 import platform
 import queue
-import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 import uuid
@@ -64,13 +61,17 @@ sys.path.insert(0, str(REPO))
 # Only torch, numpy and the training library at import time: part 4 runs on a GPU machine that has nothing
 # else (no SQLAlchemy, FastAPI or pydantic); the parts that need the daemon import it themselves.
 from detector.allocator import DEFAULT_CACHE_MIB, tune_malloc  # noqa: E402  (the standard library only)
+from tests.support.config import config_text as join_config  # noqa: E402  (the standard library only)
+from tests.support.config import detector, heading  # noqa: E402
+from tests.support.net import free_port  # noqa: E402  (the standard library only)
 from training.loop import EpochStats, TrainSettings, train_autoencoder  # noqa: E402
 from training.memory import native_bf16  # noqa: E402
 from training.model import AutoencoderSpec, DenseAutoencoder  # noqa: E402
 
 if TYPE_CHECKING:
-    from detector.config import Config, DetectorConfig
-    from training.fit import FittedModel
+    from detector.config import DetectorConfig
+    from tests.support.daemon import BenchDaemon
+    from training.fitted import FittedModel
 
 DEFAULT_OUTPUT = REPO / "bench" / "results" / "throughput.md"
 PG_ADMIN = os.environ.get("VIGIL_BENCH_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -156,43 +157,14 @@ def synthetic(n: int, n_features: int, seed: int, anomaly_every: int = 0) -> np.
 def config_text(state_dir: Path, detectors: dict[str, int], store_url: str | None = None, port: int = 0,
                 scoring_interval: str = "5s", log_level: str = "warning", score: str | None = None) -> str:
     """A daemon config: one `http` detector per entry (name -> number of numeric features); `score` names
-    one of VARIANTS (its lines go to each detector's [model] section)."""
-    store = f'[store]\nurl = "{store_url}"\n' if store_url else ""
-    model_lines = VARIANTS[score][1] if score else ""
-    parts = [textwrap.dedent(f"""
-        [daemon]
-        state_dir = "{state_dir}"
-        torch_threads = 1
-        malloc_cache_mib = {MALLOC_CACHE_MIB}
-        log_level = "{log_level}"
-
-        {store}
-        [http]
-        host = "127.0.0.1"
-        port = {port}
-        """)]
-    for name, n in detectors.items():
-        features = "\n".join(f'{f} = "numeric"' for f in feature_names(n))
-        parts.append(textwrap.dedent(f"""
-            [detectors.{name}]
-            source = {{ type = "http" }}
-            key_field = "host"
-
-            [detectors.{name}.features]
-            """) + features + textwrap.dedent(f"""
-
-            [detectors.{name}.model]
-            epochs = 3
-            device = "cpu"
-            """) + model_lines + textwrap.dedent(f"""
-
-            [detectors.{name}.training]
-            interval = "24h"
-
-            [detectors.{name}.scoring]
-            interval = "{scoring_interval}"
-            """))
-    return "\n".join(parts)
+    one of VARIANTS (its settings go to each detector's [model] section)."""
+    model = {"epochs": 3, "device": "cpu", **(VARIANTS[score][1] if score else {})}
+    return join_config(
+        heading(state_dir=state_dir, port=port, host="127.0.0.1", store_url=store_url, log_level=log_level,
+                daemon={"malloc_cache_mib": MALLOC_CACHE_MIB}),
+        *(detector(name, dict.fromkeys(feature_names(n), "numeric"), model=model, training={"interval": "24h"},
+                   scoring={"interval": scoring_interval})
+          for name, n in detectors.items()))
 
 
 # `daemon.malloc_cache_mib` of the daemons started here and of this process (`--malloc-cache-mib`)
@@ -215,12 +187,12 @@ def train_for(det: DetectorConfig, n_rows: int = TRAIN_ROWS, epochs: int = 3) ->
 
 # -- part 1: scoring path --------------------------------------------------------------------------------
 
-# the model variants measured: name -> (label, lines of each detector's [model] section)
-VARIANTS = {
-    "hybrid": ("default (hybrid score; approximate search, memory of up to 50,000 rows)", ""),
+# the model variants measured: name -> (label, settings of each detector's [model] section)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "hybrid": ("default (hybrid score; approximate search, memory of up to 50,000 rows)", {}),
     "exact": ("hybrid, exact search, memory of up to 20,000 rows (the default until 2026-12-02)",
-              'neighbor_search = "exact"\nmemory_size = 20000'),
-    "reconstruction": ("score = \"reconstruction\"", 'score = "reconstruction"'),
+              {"neighbor_search": "exact", "memory_size": 20000}),
+    "reconstruction": ("score = \"reconstruction\"", {"score": "reconstruction"}),
 }
 SCORES = tuple((name, label) for name, (label, _) in VARIANTS.items())                  # parts 1 and 2
 MEMORY_SCORES = tuple((name, VARIANTS[name][0]) for name in ("hybrid", "reconstruction"))   # part 5
@@ -286,7 +258,7 @@ def _scoring_times(tmp: Path, n_features: int, score: str, quick: bool, repeats:
     from detector.scoring import ActiveModel, ModelCache, Scorer
     from detector.service import Vigil
     from detector.store.db import open_repository
-    from detector.store.repository import PendingRecord
+    from detector.store.types import PendingRecord
 
     name = f"bench{n_features}"
     tmp.mkdir(parents=True)
@@ -416,96 +388,39 @@ E2E_FEATURES = 32
 POST_RECORDS = 1000
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def bench_daemon(workdir: Path, detectors: dict[str, int], store_url: str | None, scoring_interval: str,
+                 score: str | None = None) -> BenchDaemon:
+    """A `vigil run` process on loopback (not started yet) on `config_text` in `workdir`."""
+    from tests.support.daemon import BenchDaemon
+
+    port = free_port()
+    config = workdir / "config.toml"
+    config.write_text(config_text(workdir / "state", detectors, store_url, port, scoring_interval, score=score),
+                      encoding="utf-8")
+    return BenchDaemon(config, port, workdir / "state", detector=next(iter(detectors)))
 
 
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+def seed_models(config_path: Path) -> dict[str, FittedModel]:
+    """Train each detector's model and store it as its active one (before the daemon starts); the models by
+    detector (detectors with as many features share one)."""
+    from detector.config import load_config
+    from detector.store.db import open_repository
 
-
-class Daemon:
-    """A `vigil run` process on loopback, its detectors' models trained and stored before it starts."""
-
-    def __init__(self, workdir: Path, detectors: dict[str, int], store_url: str | None,
-                 scoring_interval: str, score: str | None = None) -> None:
-        from detector.config import load_config
-
-        self.dir = workdir
-        self.port = free_port()
-        self.config_path = workdir / "config.toml"
-        self.config_path.write_text(config_text(workdir / "state", detectors, store_url, self.port,
-                                                scoring_interval, score=score), encoding="utf-8")
-        self.config: Config = load_config(self.config_path)
-        self.log = workdir / "daemon.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.fitted: dict[str, FittedModel] = {}
-
-    def seed_models(self) -> None:
-        from detector.store.db import open_repository
-
-        repo = open_repository(self.config.store_url)
-        try:
-            models: dict[int, FittedModel] = {}
-            for name, det in self.config.detectors.items():
-                n = len(det.features)
-                fitted = models.get(n) or train_for(det)
-                models[n] = fitted
-                self.fitted[name] = fitted
-                weights, meta = fitted.to_artifact()
-                repo.save_model(name, weights, meta, fitted.threshold.value, TRAIN_ROWS, None, None)
-        finally:
-            repo.dispose()
-
-    def start(self) -> None:
-        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
-        env.pop("VIGIL_CONFIG", None)
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "detector.cli", "run", "--config", str(self.config_path),
-                 "--log-format", "json"], stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"daemon exited with {self.proc.returncode}:\n{self.tail()}")
-            with contextlib.suppress(OSError, http.client.HTTPException):
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    conn.close()
-                    return
-            time.sleep(0.2)
-        raise SystemExit(f"daemon did not answer /healthz within 120 s:\n{self.tail()}")
-
-    @property
-    def pid(self) -> int:
-        if self.proc is None:
-            raise RuntimeError("daemon not started")
-        return self.proc.pid
-
-    @property
-    def token(self) -> str:
-        return (self.dir / "state" / "api-token").read_text(encoding="utf-8").strip()
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=15)
-            return None
+    config = load_config(config_path)
+    repo = open_repository(config.store_url)
+    fitted: dict[str, FittedModel] = {}
+    try:
+        models: dict[int, FittedModel] = {}
+        for name, det in config.detectors.items():
+            n = len(det.features)
+            model = models.get(n) or train_for(det)
+            models[n] = model
+            fitted[name] = model
+            weights, meta = model.to_artifact()
+            repo.save_model(name, weights, meta, model.threshold.value, TRAIN_ROWS, None, None)
+    finally:
+        repo.dispose()
+    return fitted
 
 
 def record_bodies(n_records: int, per_post: int, n_features: int, seed: int, start: datetime) -> list[bytes]:
@@ -679,8 +594,8 @@ E2E_ROUNDS = 3
 
 
 def _end_to_end(kind: str, url: str, tmp: Path, n_records: int, quick: bool, score: str) -> tuple[str, ...]:
-    daemon = Daemon(tmp, {"bench": E2E_FEATURES}, url, scoring_interval="500ms", score=score)
-    daemon.seed_models()
+    daemon = bench_daemon(tmp, {"bench": E2E_FEATURES}, url, scoring_interval="500ms", score=score)
+    fitted = seed_models(daemon.config)
     start = datetime(2026, 1, 1, tzinfo=UTC)
     per_round = n_records // E2E_ROUNDS
     rounds = [record_bodies(per_round, POST_RECORDS, E2E_FEATURES, seed=3 + r, start=start + timedelta(hours=r))
@@ -723,7 +638,7 @@ def _end_to_end(kind: str, url: str, tmp: Path, n_records: int, quick: bool, sco
             code = daemon.stop()
             if code != 0:
                 print(f"{kind}: daemon exit status {code}\n{daemon.tail()}", file=sys.stderr)
-    arithmetic_s = bare_arithmetic(daemon.fitted["bench"], rounds[0])
+    arithmetic_s = bare_arithmetic(fitted["bench"], rounds[0])
     ratios = [v / b for v, b in zip(vigil_rates, bare_rates, strict=True)]
     ratio = statistics.median(ratios)
     vigil_rate, bare_rate = statistics.median(vigil_rates), statistics.median(bare_rates)
@@ -1024,18 +939,18 @@ def _memory_run(score: str, load_s: float, n_detectors: int, n_features: int) ->
     names = {f"det{i}": n_features for i in range(n_detectors)}
     samples: list[int] = []
     with tempfile.TemporaryDirectory(prefix="vigil-bench-memory-") as tmp_name:
-        daemon = Daemon(Path(tmp_name), names, None, scoring_interval="1s", score=score)
-        daemon.seed_models()
+        daemon = bench_daemon(Path(tmp_name), names, None, scoring_interval="1s", score=score)
+        seed_models(daemon.config)
         daemon.start()
         try:
-            rss_start = rss_bytes(daemon.pid)
+            rss_start = daemon.rss()
             time.sleep(15.0)
-            rss_idle = rss_bytes(daemon.pid)
+            rss_idle = daemon.rss()
             stop = threading.Event()
 
             def sample() -> None:
                 while not stop.is_set():
-                    samples.append(rss_bytes(daemon.pid))
+                    samples.append(daemon.rss())
                     time.sleep(0.25)
 
             sampler = threading.Thread(target=sample)
@@ -1053,7 +968,7 @@ def _memory_run(score: str, load_s: float, n_detectors: int, n_features: int) ->
             time.sleep(3.0)
             stop.set()
             sampler.join()
-            rss_after = rss_bytes(daemon.pid)
+            rss_after = daemon.rss()
         finally:
             daemon.stop()
     mib = 2**20

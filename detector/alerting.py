@@ -12,8 +12,8 @@ import pandas as pd
 
 from detector.config import FloorConfig
 from detector.records import ValidRecord
-from detector.store.repository import PendingRecord
-from training.fit import ScoreResult
+from detector.store.types import PendingRecord
+from training.result import ScoreResult
 
 __all__ = ["confirmed", "first_times", "within_floors"]
 

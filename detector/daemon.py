@@ -17,18 +17,15 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from detector.config import Config, DemoSourceConfig, FileSourceConfig, PrometheusSourceConfig, SqlSourceConfig
-from detector.errors import SourceError, StorageError
+from detector.config import Config, load_config
+from detector.errors import ConfigError, SourceError, StorageError
 from detector.metrics import Metrics, StoreCollector
 from detector.notify import Heartbeats, Notifier, Watchdog
-from detector.scheduler import JobScheduler, training_trigger
+from detector.scheduler import JobScheduler, check_schedules, training_trigger
 from detector.scoring import ModelCache, Scorer
 from detector.service import Vigil
 from detector.sources.base import PullSource
-from detector.sources.demo import DemoSource
-from detector.sources.files import FileSource
-from detector.sources.prometheus import PrometheusSource
-from detector.sources.sql import SqlSource
+from detector.sources.registry import pull_sources
 from detector.store.db import open_repository
 from detector.trainer import Trainer
 
@@ -59,17 +56,8 @@ def ensure_token(path: Path) -> str:
 
 
 def build_sources(vigil: Vigil) -> list[PullSource]:
-    sources: list[PullSource] = []
-    for name, det in vigil.config.detectors.items():
-        if isinstance(det.source, DemoSourceConfig):
-            sources.append(DemoSource(name, det.source, vigil))
-        elif isinstance(det.source, FileSourceConfig):
-            sources.append(FileSource(name, det.source, vigil))
-        elif isinstance(det.source, PrometheusSourceConfig):
-            sources.append(PrometheusSource(name, det.source, vigil))
-        elif isinstance(det.source, SqlSourceConfig):
-            sources.append(SqlSource(name, det.source, vigil))
-    return sources
+    """A poller for every configured detector whose source pulls, each with its own sink."""
+    return pull_sources(vigil.config, vigil.sink)
 
 
 @dataclass
@@ -120,10 +108,6 @@ class Runtime:
 
         An invalid file keeps the running config; [daemon], [store] and [http] need a restart.
         """
-        from detector.config import load_config
-        from detector.errors import ConfigError
-        from detector.scheduler import check_schedules
-
         try:
             new = load_config(path)
             check_schedules(new, str(path))

@@ -7,9 +7,20 @@ from pathlib import Path
 __all__ = [
     "ConfigError",
     "IngestError",
+    "InvalidWindowError",
+    "ModelPrunedError",
+    "NoActiveModelError",
+    "NoEarlierModelError",
+    "NoRecordsError",
     "SourceError",
     "StorageError",
+    "StoreRefusedValueError",
+    "TooFewRecordsError",
+    "TrainingFailedError",
     "UnknownDetectorError",
+    "UnknownMaintenanceWindowError",
+    "UnknownModelVersionError",
+    "UnknownOutlierError",
     "VigilError",
 ]
 
@@ -45,6 +56,11 @@ class StorageError(VigilError):
         self.cause = cause
 
 
+class StoreRefusedValueError(StorageError):
+    """The database or its driver refused a value a request supplied (NUL in PostgreSQL text, a time that
+    overflows when converted to UTC): the store is fine and retrying cannot help."""
+
+
 class SourceError(VigilError):
     """A pulling source could not be read this time (it is retried at the next poll)."""
 
@@ -60,3 +76,70 @@ class IngestError(VigilError):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+class NoRecordsError(VigilError):
+    """A command needs records of a detector (or a file) and there are none."""
+
+
+class TooFewRecordsError(VigilError):
+    """There are records, but fewer than the work at hand needs."""
+
+
+class NoActiveModelError(VigilError):
+    """A detector has no active model for what was asked (scoring, a report, a rollback)."""
+
+    def __init__(self, detector: str, message: str | None = None) -> None:
+        super().__init__(message or f"detector {detector!r} has no active model yet; run `vigil train {detector}`")
+        self.detector = detector
+
+
+class UnknownModelVersionError(VigilError, LookupError):
+    """A model version that the detector does not have."""
+
+    def __init__(self, detector: str, version: int) -> None:
+        super().__init__(f"detector {detector!r} has no model version {version}")
+        self.detector = detector
+        self.version = version
+
+
+class ModelPrunedError(VigilError):
+    """A model version whose weights retention removed, so it cannot be made active."""
+
+    def __init__(self, detector: str, version: int) -> None:
+        super().__init__(f"model version {version} of {detector!r} was pruned (its weights are gone)")
+        self.detector = detector
+        self.version = version
+
+
+class NoEarlierModelError(VigilError):
+    """A rollback with no version before the active one."""
+
+    def __init__(self, detector: str) -> None:
+        super().__init__(f"detector {detector!r} has no earlier model version to roll back to")
+        self.detector = detector
+
+
+class UnknownOutlierError(VigilError, LookupError):
+    """An outlier id that is not stored."""
+
+    def __init__(self, outlier_id: int) -> None:
+        super().__init__(f"no outlier {outlier_id}")
+        self.outlier_id = outlier_id
+
+
+class UnknownMaintenanceWindowError(VigilError, LookupError):
+    """A maintenance window id that the detector does not have."""
+
+    def __init__(self, detector: str, window_id: int) -> None:
+        super().__init__(f"detector {detector!r} has no maintenance window {window_id}")
+        self.detector = detector
+        self.window_id = window_id
+
+
+class InvalidWindowError(VigilError, ValueError):
+    """A maintenance window whose times cannot be used (no time zone, or an end not after its start)."""
+
+
+class TrainingFailedError(VigilError):
+    """Training a model for an offline command failed."""

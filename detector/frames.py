@@ -12,7 +12,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from detector.records import ValidRecord
-from detector.store.repository import PendingRecord
+from detector.store.types import PendingRecord
 from training.schema import Schema
 from training.sequence import KEY_COLUMN, TS_COLUMN
 

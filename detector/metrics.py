@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["SCORE_RATIO_BUCKETS", "SUPPRESSION_REASONS", "Metrics", "StoreCollector", "StoreSnapshot"]
+__all__ = ["SCORE_RATIO_BUCKETS", "SUPPRESSION_REASONS", "BatchHistogram", "Metrics", "StoreCollector", "StoreSnapshot"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +63,9 @@ class Metrics:
             "vigil_alerts_suppressed_total",
             "Records over the threshold that alerting kept from being flagged, by reason "
             "(confirmation, deviation_floor).", ["detector", "reason"], registry=registry)
-        self.score_ratio = Histogram(
+        self.score_ratio = BatchHistogram(
             "vigil_score_threshold_ratio", "Score of each scored record divided by the threshold in force.",
-            ["detector"], buckets=SCORE_RATIO_BUCKETS, registry=registry)
+            ["detector"], SCORE_RATIO_BUCKETS, registry)
         self.threshold = Gauge(
             "vigil_threshold", "Reconstruction-error threshold of the active model.", ["detector"],
             registry=registry)
@@ -133,21 +135,7 @@ class Metrics:
     def observe_score_ratios(self, detector: str, ratios: npt.NDArray[np.float64]) -> None:
         """Add a batch's score/threshold ratios to vigil_score_threshold_ratio, as one `observe` per value
         would (NaN counts in the sum only), with one increment per bucket instead of one call per record."""
-        child = self.score_ratio.labels(detector)
-        buckets, total = getattr(child, "_buckets", None), getattr(child, "_sum", None)
-        bounds = getattr(child, "_upper_bounds", None)
-        if buckets is None or total is None or bounds is None:     # not the prometheus-client we know
-            for value in ratios.tolist():
-                child.observe(value)
-            return
-        if not len(ratios):
-            return
-        total.inc(float(ratios.sum()))
-        # observe() counts a value in the first bucket whose upper bound is >= it (NaN is never <= a bound)
-        counts = np.bincount(np.searchsorted(np.asarray(bounds), ratios, side="left"), minlength=len(bounds) + 1)
-        for i, n in enumerate(counts[: len(bounds)].tolist()):
-            if n:
-                buckets[i].inc(n)
+        self.score_ratio.observe_many((detector,), ratios)
 
     def set_active_model(self, detector: str, version: int, threshold: float,
                          expected_rate: float, trained_at_s: float) -> None:
@@ -159,6 +147,75 @@ class Metrics:
         self.threshold.labels(detector).set(threshold)
         self.expected_outlier_ratio.labels(detector).set(expected_rate)
         self.model_trained.labels(detector).set(trained_at_s)
+
+
+class HistogramChild:
+    """One label set of a `BatchHistogram`: `observe` one value (as prometheus_client's children do)."""
+
+    def __init__(self, parent: BatchHistogram, labelvalues: tuple[str, ...]) -> None:
+        self._parent = parent
+        self._labelvalues = labelvalues
+
+    def observe(self, value: float) -> None:
+        self._parent.observe_many(self._labelvalues, np.asarray([value], dtype=np.float64))
+
+
+class BatchHistogram(Collector):
+    """A labelled histogram whose values arrive in batches: one bucket count per batch and bucket instead of
+    one `observe` call per value, exported through prometheus_client's public collector API.
+
+    A value counts in the first bucket whose upper bound is at least it (cumulatively in the ones above);
+    NaN counts in the sum only, as prometheus_client's own Histogram counts it.
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float],
+                 registry: CollectorRegistry) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = list(labelnames)
+        if any(not 0 < b < 1e6 for b in buckets):
+            raise ValueError(f"{name}: bucket bounds must lie in (0, 1e6)")
+        self._bounds = np.asarray([*buckets, math.inf], dtype=np.float64)
+        # bucket labels as prometheus_client writes them (Go's float format, for bounds below 1e6)
+        self._les = ["+Inf" if math.isinf(b) else repr(b) for b in self._bounds.tolist()]
+        self._counts: dict[tuple[str, ...], npt.NDArray[np.int64]] = {}
+        self._sums: dict[tuple[str, ...], float] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def labels(self, *labelvalues: str) -> HistogramChild:
+        """The series of one label set, created at zero when new."""
+        if len(labelvalues) != len(self._labelnames):
+            raise ValueError(f"{self._name}: expected labels {self._labelnames}, got {list(labelvalues)}")
+        key = tuple(str(v) for v in labelvalues)
+        with self._lock:
+            if key not in self._counts:
+                self._counts[key] = np.zeros(len(self._bounds), dtype=np.int64)
+                self._sums[key] = 0.0
+        return HistogramChild(self, key)
+
+    def observe_many(self, labelvalues: tuple[str, ...], values: npt.NDArray[np.float64]) -> None:
+        """Add every value of `values` to the series of `labelvalues`."""
+        self.labels(*labelvalues)
+        if not len(values):
+            return
+        slots = np.searchsorted(self._bounds, values, side="left")   # NaN sorts past the last bound
+        counts = np.bincount(slots, minlength=len(self._bounds) + 1)[: len(self._bounds)]
+        total = float(values.sum())
+        with self._lock:
+            self._counts[labelvalues] += counts
+            self._sums[labelvalues] += total
+
+    def describe(self) -> Iterable[Metric]:
+        return [HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)]
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        with self._lock:
+            series = [(key, np.cumsum(counts).tolist(), self._sums[key]) for key, counts in self._counts.items()]
+        for key, cumulative, total in series:
+            family.add_metric(list(key), list(zip(self._les, cumulative, strict=True)), total)
+        return [family]
 
 
 class StoreCollector(Collector):

@@ -22,6 +22,7 @@ from training.schema import Feature, Schema
 __all__ = [
     "REJECT_REASONS",
     "Batch",
+    "IngestResult",
     "MalformedLine",
     "RecordValidator",
     "Rejection",
@@ -80,6 +81,14 @@ class Batch:
     # [accepted, features] float64: every feature's value of every accepted record, when the batch is all
     # plain numbers (the scorer builds its frame from it instead of from the records' fields again)
     numeric: npt.NDArray[np.float64] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What became of a batch handed to the daemon: how many records were stored, and the refusals."""
+
+    accepted: int
+    rejected: list[Rejection]
 
 
 def _raw_text(raw: Any) -> str:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import math
 import os
 import threading
 import time
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,10 +24,10 @@ from detector.errors import StorageError
 from detector.frames import records_frame, to_json_value
 from detector.records import ValidRecord
 from detector.service import Vigil
-from detector.store.repository import IngestScores, PendingRecord, ScoredRecord
-from detector.store.reviews import MaintenanceWindow
+from detector.store.types import IngestScores, MaintenanceWindow, PendingRecord, ScoredRecord
 from training.errors import TrainingError
-from training.fit import FittedModel, ScoreResult
+from training.fitted import FittedModel
+from training.result import ScoreResult
 
 __all__ = ["ACTIVE_MODEL_MAX_AGE_S", "WINDOWS_MAX_AGE_S", "ActiveModel", "BatchScores", "ModelCache", "Scorer"]
 
@@ -113,8 +112,8 @@ class BatchScores:
 
 
 class Scorer:
-    """Scores every record of a detector exactly once: as it is ingested (`score_and_store`), or later,
-    batch by batch, from the pending records the score job claims."""
+    """Scores every record of a detector exactly once: as it is ingested (`score_on_ingest`, stored by the
+    record path), or later, batch by batch, from the pending records the score job claims."""
 
     def __init__(self, vigil: Vigil, cache: ModelCache, concurrency: int | None = None) -> None:
         self._vigil = vigil
@@ -124,46 +123,34 @@ class Scorer:
         # model's neighbour search allocates distance chunks of 64 MiB and more per batch) and contention for
         # the same cores; bench/throughput.py part 5 measures it.
         self._slots = threading.BoundedSemaphore(concurrency or os.cpu_count() or 1)
-        # k-of-n confirmation reads the exceedances stored before a batch: batches of such a detector are
-        # scored and stored one at a time (on ingest and by the score job alike)
-        self._serial: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self._lock = threading.Lock()
         self._window_cache: dict[str, tuple[float, int, list[MaintenanceWindow]]] = {}
 
-    def _serialised(self, name: str) -> contextlib.AbstractContextManager[Any]:
-        if self._vigil.detector(name).alerting.confirm_k > 1:
-            return self._serial[name]
-        return contextlib.nullcontext()
+    def score_on_ingest(self, name: str, records: Sequence[ValidRecord],
+                        numeric: npt.NDArray[np.float64] | None = None) -> IngestScores | None:
+        """Score a batch of just-validated records with the active model, for the record path to store with
+        them (the records go in already scored, the flagged ones as outliers, in one transaction).
+        `numeric` (the validator's block of every record's values, when the batch is all plain numbers)
+        saves reading the fields again.
 
-    def score_and_store(self, name: str, records: Sequence[ValidRecord],
-                        store: Callable[[IngestScores | None], None],
-                        numeric: npt.NDArray[np.float64] | None = None) -> bool:
-        """Score a batch of just-validated records with the active model, then call `store` with the scores
-        (the records go in already scored, the flagged ones as outliers, in one transaction); returns
-        whether they were scored. `numeric` (the validator's block of every record's values, when the
-        batch is all plain numbers) saves reading the fields again.
-
-        `store(None)` (the records wait as pending for the score job) when the detector scores on its
-        interval only (`scoring.on_ingest = false`), has no usable active model, needs earlier records to
-        score one (sequence mode), or scoring failed; what `store` raises is raised.
+        None (the records wait as pending for the score job) when the detector scores on its interval only
+        (`scoring.on_ingest = false`), has no usable active model, needs earlier records to score one
+        (sequence mode), or scoring failed (counted and logged).
         """
-        scores = None
-        started = time.perf_counter()
-        with self._serialised(name):
-            try:
-                scores = self._score_on_ingest(name, records, numeric)
-            except StorageError:
-                pass       # the store did not answer the model lookup: storing the batch fails the same way
-            except Exception as exc:   # the records must still be stored: the score job retries them
-                self._vigil.metrics.errors.labels("scoring").inc()
-                logger.error("scoring on ingest failed; the records wait for the score job",
-                             extra={"detector": name, "records": len(records), "error": str(exc)}, exc_info=exc)
-            store(scores)
-        if scores is None:
-            return False
+        try:
+            return self._score_on_ingest(name, records, numeric)
+        except StorageError:
+            return None    # the store did not answer the model lookup: storing the batch fails the same way
+        except Exception as exc:   # the records must still be stored: the score job retries them
+            self._vigil.metrics.errors.labels("scoring").inc()
+            logger.error("scoring on ingest failed; the records wait for the score job",
+                         extra={"detector": name, "records": len(records), "error": str(exc)}, exc_info=exc)
+            return None
+
+    def count_ingest(self, name: str, scores: IngestScores, seconds: float) -> None:
+        """Count a batch scored on ingest, once it is stored."""
         self._count(name, scores.scores, scores.outliers, scores.ood, scores.suppressed, scores.threshold)
-        self._vigil.metrics.scoring_duration.labels(name).observe(time.perf_counter() - started)
-        return True
+        self._vigil.metrics.scoring_duration.labels(name).observe(seconds)
 
     def _score_on_ingest(self, name: str, records: Sequence[ValidRecord],
                          numeric: npt.NDArray[np.float64] | None = None) -> IngestScores | None:
@@ -306,7 +293,7 @@ class Scorer:
         for _ in range(max_batches):
             if self._vigil.stopping.is_set():
                 break
-            with self._serialised(name), self._slots:
+            with self._vigil.serialised(name), self._slots:
                 started = time.perf_counter()
                 scored = self._vigil.repo.score_pending(
                     name, det.scoring.batch_size, active.id, active.model.threshold.value,

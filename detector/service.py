@@ -1,11 +1,13 @@
-"""The daemon's core: ingest validated records, report status; owns per-detector runtime state."""
+"""The daemon's core: the record path (validate -> score -> store) and status; owns per-detector state."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import time
+from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -14,26 +16,28 @@ import numpy.typing as npt
 from detector.config import Config, DetectorConfig
 from detector.errors import UnknownDetectorError
 from detector.metrics import UNKNOWN_DETECTOR, Metrics
-from detector.records import Batch, RecordValidator, Rejection, ValidRecord
-from detector.store.repository import IngestScores, Repository
+from detector.records import Batch, IngestResult, RecordValidator, Rejection, ValidRecord
+from detector.review import ReviewService
+from detector.store.repository import Repository
+from detector.store.types import IngestScores
 
-__all__ = ["IngestResult", "IngestScorer", "Vigil"]
+__all__ = ["DetectorSink", "IngestScorer", "Vigil"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class IngestResult:
-    accepted: int
-    rejected: list[Rejection]
-
-
 class IngestScorer(Protocol):
-    """Scores a batch as it is ingested (the daemon's Scorer), then stores it through `store`."""
+    """Scores a batch as it is ingested (the daemon's Scorer); the record path stores what it returns."""
 
-    def score_and_store(self, name: str, records: Sequence[ValidRecord],
-                        store: Callable[[IngestScores | None], None],
-                        numeric: npt.NDArray[np.float64] | None = None) -> bool: ...
+    def score_on_ingest(self, name: str, records: Sequence[ValidRecord],
+                        numeric: npt.NDArray[np.float64] | None = None) -> IngestScores | None:
+        """The batch's scores, or None when it should wait as pending for the score job (never raises but
+        for the store's errors: a scoring failure is counted and logged, and the records wait)."""
+        ...
+
+    def count_ingest(self, name: str, scores: IngestScores, seconds: float) -> None:
+        """Count a stored scored batch in the metrics."""
+        ...
 
 
 class Vigil:
@@ -49,7 +53,11 @@ class Vigil:
         self.metrics = metrics
         self.scorer: IngestScorer | None = None
         self.stopping = threading.Event()
+        self.reviews = ReviewService(lambda: self.config, repo.reviews, metrics)
         self._validators: dict[str, RecordValidator] = {}
+        # k-of-n confirmation reads the exceedances stored before a batch: batches of such a detector are
+        # scored and stored one at a time (on ingest and by the score job alike)
+        self._serial: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
         self.use_config(config)
 
     def use_config(self, config: Config) -> None:
@@ -59,6 +67,16 @@ class Vigil:
             for name, det in config.detectors.items()
         }
         self.config = config
+
+    def serialised(self, name: str) -> contextlib.AbstractContextManager[Any]:
+        """Held while a batch of `name` is scored and stored, when its scores depend on earlier batches."""
+        if self.detector(name).alerting.confirm_k > 1:
+            return self._serial[name]
+        return contextlib.nullcontext()
+
+    def sink(self, name: str, source: str) -> DetectorSink:
+        """The narrow view a source of type `source` gets of the daemon, for detector `name`."""
+        return DetectorSink(self, name, source)
 
     def detector(self, name: str) -> DetectorConfig:
         try:
@@ -71,20 +89,20 @@ class Vigil:
 
     def ingest(self, name: str, raws: list[Any], source: str, origin: str | None = None,
                watermark: tuple[str, str] | None = None, start_index: int = 0) -> IngestResult:
-        """Validate a batch and store its good records and its rejections in one transaction."""
+        """Validate a batch, score its good records (when a model is active) and store them with the batch's
+        rejections in one transaction."""
         validator = self._validators.get(name)
         if validator is None:
             self.count_unknown_detector()
             raise UnknownDetectorError(name, list(self.config.detectors))
         batch: Batch = validator.validate_many(raws, start_index)
-
-        def store(scores: IngestScores | None) -> None:
+        scorer = self.scorer if batch.accepted else None
+        started = time.perf_counter()
+        with self.serialised(name):
+            scores = None if scorer is None else scorer.score_on_ingest(name, batch.accepted, batch.numeric)
             self.repo.add_batch(name, source, batch.accepted, batch.rejected, origin, watermark, scores)
-
-        if self.scorer is not None and batch.accepted:
-            self.scorer.score_and_store(name, batch.accepted, store, batch.numeric)
-        else:
-            store(None)
+        if scorer is not None and scores is not None:
+            scorer.count_ingest(name, scores, time.perf_counter() - started)
         if batch.accepted:
             self.metrics.records_ingested.labels(name, source).inc(len(batch.accepted))
         for rejection in batch.rejected:
@@ -132,3 +150,38 @@ class Vigil:
                 },
             }
         return {"detectors": detectors}
+
+
+class DetectorSink:
+    """`detector.sources.base.Sink` for one detector and source type, backed by the daemon."""
+
+    def __init__(self, vigil: Vigil, name: str, source: str) -> None:
+        self._vigil = vigil
+        self._name = name
+        self._source = source
+
+    @property
+    def detector(self) -> str:
+        return self._name
+
+    @property
+    def ts_field(self) -> str:
+        return self._vigil.detector(self._name).ts_field
+
+    @property
+    def key_field(self) -> str:
+        return self._vigil.detector(self._name).key_field
+
+    def ingest(self, raws: list[Any], origin: str | None = None, watermark: tuple[str, str] | None = None,
+               start_index: int = 0) -> IngestResult:
+        return self._vigil.ingest(self._name, raws, self._source, origin, watermark, start_index)
+
+    def reject_whole(self, reason: str, message: str, origin: str | None = None,
+                     raw: str | None = None) -> Rejection:
+        return self._vigil.reject_whole(self._name, self._source, reason, message, origin, raw)
+
+    def watermark(self, name: str) -> str | None:
+        return self._vigil.repo.watermark(self._name, name)
+
+    def stopping(self) -> bool:
+        return self._vigil.stopping.is_set()

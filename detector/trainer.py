@@ -17,13 +17,17 @@ from detector.errors import StorageError
 from detector.frames import records_frame
 from detector.scheduler import slot_served
 from detector.service import Vigil
-from detector.store.repository import INTERRUPTED, ModelVersion, PendingRecord, Repository
+from detector.store.models import INTERRUPTED
+from detector.store.repository import Repository
+from detector.store.types import ModelVersion, PendingRecord
 from training.diversity import CHECKS, DiversityLimits, DiversityReport, check_window
 from training.errors import TrainingError
-from training.fit import FittedModel, ModelSettings, ThresholdSettings, fit_model
+from training.fit import fit_model
+from training.fitted import FittedModel
 from training.loop import EpochStats, TrainSettings
 from training.model import AutoencoderSpec, count_parameters
 from training.preprocess import Preprocessor
+from training.settings import ModelSettings, ThresholdSettings, settings_from
 from training.thresholds import tune_with_reviews
 
 __all__ = ["Trainer", "TrainingAborted", "TrainingOutcome", "settings_for"]
@@ -46,22 +50,12 @@ class TrainingOutcome:
 
 
 def settings_for(det: DetectorConfig) -> tuple[ModelSettings, TrainSettings, ThresholdSettings]:
-    """The training library's model, training and threshold settings for a detector's config."""
-    m = det.model
-    model = ModelSettings(
-        hidden=tuple(m.hidden), latent=m.latent, activation=m.activation, dropout=m.dropout, variant=m.variant,
-        noise=m.noise, noise_level=m.noise_level, sparsity=m.sparsity, sparsity_weight=m.sparsity_weight,
-        sparsity_target=m.sparsity_target, contractive_weight=m.contractive_weight, beta=m.beta,
-        scaling=m.scaling, score=m.score, neighbors=m.neighbors, memory_size=m.memory_size,
-        weights=m.score_weights, window=m.window, arch=m.arch, time_features=m.time_features,
-        review_weight=m.review_weight, neighbor_search=m.neighbor_search)
-    train = TrainSettings(
-        epochs=m.epochs, batch_size=m.batch_size, learning_rate=m.learning_rate, weight_decay=m.weight_decay,
-        patience=m.patience, validation_fraction=m.validation_fraction, seed=m.seed, loss=m.loss,
-        device=m.device, max_seconds=m.max_train_time)
-    threshold = ThresholdSettings(method=det.threshold.method, target_fpr=det.threshold.target_fpr,
-                                  k=det.threshold.k, calibration_folds=det.threshold.calibration_folds,
-                                  fold_max_rows=det.threshold.fold_max_rows)
+    """The training library's model, training and threshold settings for a detector's config: each field
+    read from the config key of the same name, or of the name given here."""
+    m = det.model.model_dump()
+    model = settings_from(ModelSettings, m, weights="score_weights")
+    train = settings_from(TrainSettings, m, max_seconds="max_train_time")
+    threshold = settings_from(ThresholdSettings, det.threshold.model_dump())
     return model, train, threshold
 
 

@@ -6,8 +6,8 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from detector.config import DemoSourceConfig
-from detector.service import Vigil
+from detector.config.sources import DemoSourceConfig
+from detector.sources.base import Sink
 from detector.sources.demo_data import DemoRecord, DemoSettings, generate
 
 __all__ = ["DEMO_FEATURES", "DemoSource"]
@@ -42,12 +42,11 @@ class DemoSource:
     reached) is stored with each batch, so a restart resumes without gaps or duplicates.
     """
 
-    def __init__(self, detector: str, cfg: DemoSourceConfig, vigil: Vigil,
-                 clock: Any = None) -> None:
-        self.detector = detector
+    def __init__(self, cfg: DemoSourceConfig, sink: Sink, clock: Any = None) -> None:
+        self.detector = sink.detector
         self.poll_interval_s = cfg.poll_interval
         self._cfg = cfg
-        self._vigil = vigil
+        self._sink = sink
         self._settings = DemoSettings(hosts=cfg.hosts, step_s=int(cfg.step), seed=cfg.seed,
                                       incident_rate=cfg.incident_rate)
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -61,7 +60,7 @@ class DemoSource:
         return sim0 + (wall - wall0) * self._cfg.speed
 
     def poll(self) -> int:
-        mark = self._vigil.repo.watermark(self.detector, _WATERMARK)
+        mark = self._sink.watermark(_WATERMARK)
         if mark is None:
             start = self._clock() - timedelta(seconds=self._cfg.history)
         else:
@@ -71,14 +70,13 @@ class DemoSource:
             now = self._clock()
             self._anchor = (now, max(now, start))
         end = self._simulated_now()
-        det = self._vigil.detector(self.detector)
+        ts_field, key_field = self._sink.ts_field, self._sink.key_field
         accepted = 0
-        while start < end and not self._vigil.stopping.is_set():
+        while start < end and not self._sink.stopping():
             stop = min(end, start + _CHUNK)
             records = generate(start, stop, self._settings)
-            raws = [_raw(r, det.ts_field, det.key_field) for r in records]
-            result = self._vigil.ingest(self.detector, raws, "demo", origin="demo",
-                                        watermark=(_WATERMARK, stop.isoformat()))
+            raws = [_raw(r, ts_field, key_field) for r in records]
+            result = self._sink.ingest(raws, origin="demo", watermark=(_WATERMARK, stop.isoformat()))
             accepted += result.accepted
             start = stop
         if accepted:

@@ -13,10 +13,10 @@ from typing import Any
 
 import pandas as pd
 
-from detector.config import FileSourceConfig
+from detector.config.sources import FileSourceConfig
 from detector.errors import IngestError
 from detector.records import Rejection, parse_json_body
-from detector.service import Vigil
+from detector.sources.base import Sink
 
 __all__ = ["FileSource", "read_records"]
 
@@ -89,11 +89,11 @@ class FileSource:
     writers should write under a dot-name and rename when complete.
     """
 
-    def __init__(self, detector: str, cfg: FileSourceConfig, vigil: Vigil) -> None:
-        self.detector = detector
+    def __init__(self, cfg: FileSourceConfig, sink: Sink) -> None:
+        self.detector = sink.detector
         self.poll_interval_s = cfg.poll_interval
         self._cfg = cfg
-        self._vigil = vigil
+        self._sink = sink
         self._done = cfg.path / "done"
         self._failed = cfg.path / "failed"
 
@@ -131,17 +131,16 @@ class FileSource:
         """Ingest one file and move it; returns records accepted."""
         digest = _digest(path)
         mark = f"file:{digest}"
-        if self._vigil.repo.watermark(self.detector, mark) is not None:
+        if self._sink.watermark(mark) is not None:
             self._move(path, self._done)        # stored before a crash, not yet moved
             return 0
         try:
             raws = read_records(path, self._cfg.format)
         except IngestError as exc:
-            self._vigil.reject_whole(self.detector, "file", exc.reason, exc.message, origin=path.name)
+            self._sink.reject_whole(exc.reason, exc.message, origin=path.name)
             self._fail(path, exc.message)
             return 0
-        result = self._vigil.ingest(self.detector, raws, "file", origin=path.name,
-                                    watermark=(mark, path.name))
+        result = self._sink.ingest(raws, origin=path.name, watermark=(mark, path.name))
         target = self._move(path, self._done)
         if result.rejected:
             self._write_rejects(target, result.rejected)

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from detector.config import PrometheusSourceConfig
+from detector.config.sources import PrometheusSourceConfig
 from detector.errors import SourceError
-from detector.service import Vigil
+from detector.sources.base import Sink
 
 __all__ = ["PrometheusSource", "query_range", "series_key"]
 
@@ -61,12 +61,11 @@ class PrometheusSource:
     leaves no gap and no duplicate: the next poll starts where the last stored chunk ended.
     """
 
-    def __init__(self, detector: str, cfg: PrometheusSourceConfig, vigil: Vigil,
-                 clock: Callable[[], datetime] | None = None) -> None:
-        self.detector = detector
+    def __init__(self, cfg: PrometheusSourceConfig, sink: Sink, clock: Callable[[], datetime] | None = None) -> None:
+        self.detector = sink.detector
         self.poll_interval_s = cfg.poll_interval
         self._cfg = cfg
-        self._vigil = vigil
+        self._sink = sink
         self._clock = clock or (lambda: datetime.now(UTC))
 
     def _align(self, t: datetime) -> datetime:
@@ -75,7 +74,6 @@ class PrometheusSource:
 
     def _records(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
         cfg = self._cfg
-        det = self._vigil.detector(self.detector)
         rows: dict[tuple[str | None, float], dict[str, Any]] = {}
         for field, expr in cfg.queries.items():
             result = query_range(cfg.url, expr, start.timestamp(), end.timestamp(), cfg.step, cfg.timeout)
@@ -87,25 +85,24 @@ class PrometheusSource:
                     row[field] = float(text)   # "NaN"/"+Inf" stay: validation rejects them, naming the field
         records = []
         for (key, t), fields in sorted(rows.items(), key=lambda item: (item[0][1], item[0][0] or "")):
-            record: dict[str, Any] = {det.ts_field: t, **fields}
+            record: dict[str, Any] = {self._sink.ts_field: t, **fields}
             if key is not None:
-                record[det.key_field] = key
+                record[self._sink.key_field] = key
             records.append(record)
         return records
 
     def poll(self) -> int:
         cfg = self._cfg
         step = timedelta(seconds=cfg.step)
-        mark = self._vigil.repo.watermark(self.detector, _WATERMARK)
+        mark = self._sink.watermark(_WATERMARK)
         end = self._align(self._clock() - timedelta(seconds=cfg.lag))
         start = datetime.fromisoformat(mark) if mark else self._align(end - timedelta(seconds=cfg.backfill))
         accepted = 0
-        while start <= end and not self._vigil.stopping.is_set():
+        while start <= end and not self._sink.stopping():
             chunk_end = min(end, start + step * (_MAX_POINTS - 1))
             records = self._records(start, chunk_end)
             next_start = chunk_end + step
-            result = self._vigil.ingest(self.detector, records, "prometheus", origin=cfg.url,
-                                        watermark=(_WATERMARK, next_start.isoformat()))
+            result = self._sink.ingest(records, origin=cfg.url, watermark=(_WATERMARK, next_start.isoformat()))
             accepted += result.accepted
             start = next_start
         if accepted:

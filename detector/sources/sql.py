@@ -17,9 +17,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from detector.config import SqlSourceConfig, parse_duration
+from detector.config.base import parse_duration
+from detector.config.sources import SqlSourceConfig
 from detector.errors import SourceError
-from detector.service import Vigil
+from detector.sources.base import Sink
 
 __all__ = ["SqlSource", "decode_position", "encode_position", "initial_position", "row_record"]
 
@@ -145,12 +146,11 @@ class SqlSource:
     A poll reads at most `max_batches` batches.
     """
 
-    def __init__(self, detector: str, cfg: SqlSourceConfig, vigil: Vigil,
-                 clock: Callable[[], datetime] | None = None) -> None:
-        self.detector = detector
+    def __init__(self, cfg: SqlSourceConfig, sink: Sink, clock: Callable[[], datetime] | None = None) -> None:
+        self.detector = sink.detector
         self.poll_interval_s = cfg.poll_interval
         self._cfg = cfg
-        self._vigil = vigil
+        self._sink = sink
         self._clock = clock or (lambda: datetime.now(UTC))
         url = make_url(cfg.url)
         self.display_url = url.render_as_string(hide_password=True)
@@ -235,7 +235,7 @@ class SqlSource:
                                  f"is not among the result columns {keys}")
 
     def _start(self) -> tuple[str, Any]:
-        mark = self._vigil.repo.watermark(self.detector, _WATERMARK)
+        mark = self._sink.watermark(_WATERMARK)
         if mark is not None:
             return ">", decode_position(mark)
         initial = initial_position(self._cfg.initial, self._clock())
@@ -246,7 +246,7 @@ class SqlSource:
         op, after = self._start()
         accepted = rejected = 0
         for _ in range(cfg.max_batches):
-            if self._vigil.stopping.is_set():
+            if self._sink.stopping():
                 break
             keys, rows, more = self._fetch(op, after)
             if not rows:
@@ -260,8 +260,7 @@ class SqlSource:
                                          f"{cfg.order_column!r}: {exc}") from None
             records = [row_record(keys, row, self._skip_column) for row in rows]
             origin = f"{self._what} {cfg.order_column} {rows[0][at]!s}..{last!s}"[:_ORIGIN_LIMIT]
-            result = self._vigil.ingest(self.detector, records, "sql", origin=origin,
-                                        watermark=(_WATERMARK, position))
+            result = self._sink.ingest(records, origin=origin, watermark=(_WATERMARK, position))
             accepted += result.accepted
             rejected += len(result.rejected)
             op, after = ">", last

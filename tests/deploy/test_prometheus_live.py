@@ -12,13 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -39,6 +35,9 @@ from tests.deploy._support import (
     require_binary,
     substitute,
 )
+from tests.support.config import WEB_FEATURES, config_text, daemon_heading, detector, write_config_file
+from tests.support.daemon import daemon_env, vigil_run
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -47,64 +46,19 @@ VARIABLES = {"detector": "(web|broken)", "__rate_interval": "15s", "__interval":
              "__range_s": "60", "__range_ms": "60000", "__interval_ms": "5000"}
 DATA_TIMEOUT_S = 60
 
-FEATURES = """
-load = "numeric"
-cpu = "numeric"
-latency = "numeric"
-region = "categorical"
-"""
 
-CONFIG = """
-[daemon]
-state_dir = "state"
-torch_threads = 1
-log_level = "info"
+def stack_config(port: int) -> str:
+    """The daemon: `web` trains its first model once 100 records are in; `broken`'s training always fails, its
+    device does not exist (with or without CUDA)."""
+    model = {"hidden": [8], "latent": 2, "epochs": 10}
+    training = {"interval": "1h", "min_records": 100}
+    return config_text(
+        daemon_heading(port),
+        detector("web", WEB_FEATURES, model={**model, "batch_size": 64, "seed": 0, "device": "cpu"},
+                 training=training, scoring={"interval": "1s"}),
+        detector("broken", WEB_FEATURES, model={**model, "device": "cuda:99"}, training=training,
+                 scoring={"interval": "1s"}))
 
-[http]
-host = "127.0.0.1"
-port = {port}
-
-[detectors.web]
-source = {{ type = "http" }}
-key_field = "host"
-
-[detectors.web.features]
-{features}
-[detectors.web.model]
-hidden = [8]
-latent = 2
-epochs = 10
-batch_size = 64
-seed = 0
-device = "cpu"
-
-[detectors.web.training]
-interval = "1h"
-min_records = 100
-
-[detectors.web.scoring]
-interval = "1s"
-
-# training always fails: the device does not exist (with or without CUDA)
-[detectors.broken]
-source = {{ type = "http" }}
-key_field = "host"
-
-[detectors.broken.features]
-{features}
-[detectors.broken.model]
-hidden = [8]
-latent = 2
-epochs = 10
-device = "cuda:99"
-
-[detectors.broken.training]
-interval = "1h"
-min_records = 100
-
-[detectors.broken.scoring]
-interval = "1s"
-"""
 
 PROMETHEUS_CONFIG = """
 global:
@@ -118,13 +72,6 @@ scrape_configs:
     static_configs:
       - targets: ["127.0.0.1:{port}"]
 """
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def normal_records(n: int, seed: int, end: datetime, constant_cpu: bool = False) -> list[dict[str, Any]]:
@@ -244,21 +191,17 @@ class Client:
 def running_stack(tmp_path: Path, prometheus_bin: str) -> Iterator[tuple[Client, Process, Process]]:
     """The daemon and Prometheus started; both are stopped on the way out, whatever happened."""
     vigil_port, prometheus_port = free_port(), free_port()
-    config = tmp_path / "config.toml"
-    config.write_text(textwrap.dedent(CONFIG.format(port=vigil_port, features=FEATURES)), encoding="utf-8")
+    config = write_config_file(tmp_path / "config.toml", stack_config(vigil_port))
     prom_dir = tmp_path / "prometheus"
     prom_dir.mkdir()
     shutil.copy(RULES, prom_dir / "rules.yml")
     (prom_dir / "prometheus.yml").write_text(PROMETHEUS_CONFIG.format(port=vigil_port), encoding="utf-8")
 
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
-    env.pop("VIGIL_CONFIG", None)
     procs: list[Process] = []
     client = Client(f"http://127.0.0.1:{vigil_port}", f"http://127.0.0.1:{prometheus_port}",
                     tmp_path / "state" / "api-token")
     try:
-        daemon = Process("vigil", [sys.executable, "-m", "detector.cli", "run", "--config", str(config),
-                                   "--log-format", "json"], tmp_path / "vigil.log", REPO, env)
+        daemon = Process("vigil", vigil_run(config), tmp_path / "vigil.log", REPO, daemon_env())
         procs.append(daemon)
         prometheus = Process("prometheus", [
             prometheus_bin, f"--config.file={prom_dir / 'prometheus.yml'}", f"--storage.tsdb.path={prom_dir / 'data'}",

@@ -33,6 +33,7 @@ import pytest
 
 from detector.config import load_config
 from tests.deploy._support import DEPLOY, REPO
+from tests.support.prom import metric_matching
 
 UNIT = DEPLOY / "systemd" / "vigil.service"
 GPU_DROPIN = DEPLOY / "systemd" / "gpu.conf"
@@ -456,11 +457,6 @@ def _wait(what: str, probe: Any, timeout: float, interval: float = 1.0) -> Any:
         time.sleep(interval)
 
 
-def _metric(text: str, name: str, detector: str) -> float | None:
-    match = re.search(rf'^{name}\{{[^}}]*detector="{detector}"[^}}]*\}} (\S+)$', text, re.MULTILINE)
-    return float(match[1]) if match else None
-
-
 @pytest.fixture
 def container(tmp_path: Path) -> Iterator[Container]:
     if sys.platform != "linux":
@@ -563,8 +559,8 @@ def test_the_service_in_a_booted_debian_container(container: Container) -> None:
 
     def outliers_found() -> bool:
         text = box.run("curl", "-sS", "--max-time", "5", METRICS, check=False).stdout
-        return bool(_metric(text, "vigil_model_info", "demo")) and (_metric(text, "vigil_outliers_total",
-                                                                            "demo") or 0) > 0
+        return bool(metric_matching(text, "vigil_model_info", detector="demo")) and (
+            metric_matching(text, "vigil_outliers_total", detector="demo") or 0) > 0
     _wait("the first model and its first outliers", outliers_found, timeout=300, interval=2)
     timings["first model and outliers after start"] = time.monotonic() - t0
     lines = _daemon_lines(box.journal())
@@ -591,8 +587,9 @@ def test_the_service_in_a_booted_debian_container(container: Container) -> None:
         line["msg"] == "config reloaded" and line.get("added") == ["web"] for line in _daemon_lines(box.journal())),
         timeout=30)
     assert box.show("MainPID")["MainPID"] == pid
-    _wait("metrics of the new detector", lambda: _metric(box.run("curl", "-sS", METRICS).stdout,
-                                                          "vigil_records_scored_total", "web") is not None, timeout=15)
+    _wait("metrics of the new detector", lambda: metric_matching(box.run("curl", "-sS", METRICS).stdout,
+                                                                 "vigil_records_scored_total", detector="web")
+          is not None, timeout=15)
 
     # install.sh again: an upgrade in place; the operator's config stays
     timed("install.sh (again)", "/src/deploy/install.sh", "--wheels", "/wheels", "--source", "/src", timeout=900)

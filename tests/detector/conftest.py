@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,11 +11,12 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from detector.api import create_app
+from detector.api.app import create_app
 from detector.config import Config, load_config
 from detector.daemon import Runtime, build_runtime
 from detector.store.db import open_engine, session_factory, upgrade
 from detector.store.repository import Repository
+from tests.support.config import heading, write_config_file
 
 HTTP_DETECTOR = """
 [detectors.web]
@@ -60,17 +60,7 @@ def write_config(tmp_path: Path) -> Callable[[str], Path]:
     """Write a config file in tmp_path: [daemon] and [http] defaults plus the given text."""
 
     def write(body: str = HTTP_DETECTOR, name: str = "config.toml") -> Path:
-        path = tmp_path / name
-        head = textwrap.dedent("""
-            [daemon]
-            state_dir = "state"
-            torch_threads = 1
-
-            [http]
-            port = 0
-        """)
-        path.write_text(head + textwrap.dedent(body), encoding="utf-8")
-        return path
+        return write_config_file(tmp_path / name, heading(), body)
 
     return write
 

@@ -3,62 +3,23 @@ and nothing else; suppressed records keep their scores and are counted by reason
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
 from detector.config import load_config
 from detector.daemon import Runtime, build_runtime
 from detector.errors import ConfigError
-from detector.store.repository import ModelVersion, ScoredRecord
+from detector.store.types import ModelVersion, ScoredRecord
+from tests.support.alerting import LATER, install, normal, slow, spike, trained_model
 
 from .conftest import HTTP_DETECTOR
 
-T0 = datetime(2026, 11, 1, tzinfo=UTC)
-LATER = T0 + timedelta(days=1)
-
-
-def normal(n: int, seed: int, start: datetime = T0, noise: float = 1.0, hosts: int = 3) -> list[dict[str, Any]]:
-    """One record a minute, hosts h0, h1... in turn; cpu and latency follow the load."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        load = float(rng.uniform(30, 80) if noise < 1 else rng.uniform(10, 100))
-        out.append({"ts": (start + timedelta(minutes=i)).isoformat(), "host": f"h{i % hosts}", "load": load,
-                    "cpu": 0.8 * load + float(rng.normal(0, 2 * noise)),
-                    "latency": 20 + 0.05 * load + float(rng.normal(0, 3 * noise)),
-                    "region": "eu" if i % 2 else "us", "healthy": True})
-    return out
-
-
-def spike(record: dict[str, Any]) -> dict[str, Any]:
-    """CPU pinned while the load is low: far above the threshold, cpu and load contribute most."""
-    return dict(record, cpu=95.0, load=12.0)
-
-
-def slow(record: dict[str, Any]) -> dict[str, Any]:
-    """Latency alone far above what the load explains."""
-    return dict(record, latency=record["latency"] + 40.0)
-
-
-@pytest.fixture(scope="module")
-def trained_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelVersion]:
-    """One model trained by the daemon's trainer, shared by the tests (each installs it in its own store)."""
-    folder = tmp_path_factory.mktemp("trained")
-    path = folder / "config.toml"
-    path.write_text('[daemon]\nstate_dir = "state"\ntorch_threads = 1\n' + HTTP_DETECTOR, encoding="utf-8")
-    runtime = build_runtime(load_config(path), CollectorRegistry(), with_process_metrics=False)
-    runtime.vigil.ingest("web", normal(600, 1), "http")
-    assert runtime.trainer.train("web", "first").result == "success"
-    model = runtime.vigil.repo.active_model("web")
-    assert model is not None
-    yield model
-    runtime.vigil.repo.dispose()
+__all__ = ["trained_model"]      # the shared model fixture
 
 
 @pytest.fixture(params=["on_ingest", "score_job"])
@@ -75,13 +36,6 @@ def with_alerting(request: pytest.FixtureRequest, write_config: Callable[[str], 
         return install(runtime, trained_model)
 
     return build
-
-
-def install(runtime: Runtime, m: ModelVersion) -> Runtime:
-    """Save the shared model version in the runtime's store as its active model."""
-    assert m.weights is not None
-    runtime.vigil.repo.save_model("web", m.weights, m.meta, m.threshold, m.n_records, m.window_start, m.window_end)
-    return runtime
 
 
 def score(runtime: Runtime, records: list[dict[str, Any]]) -> list[tuple[bool, float]]:

@@ -18,14 +18,12 @@ import contextlib
 import itertools
 import json
 import random
-import textwrap
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +31,12 @@ import httpx2
 import pytest
 import sqlalchemy as sa
 
-from tests.daemon_proc import Daemon, free_port
 from tests.pg import fresh_database, require_postgres
-from training.fit import FittedModel
+from tests.support.config import WEB_FEATURES, config_text, daemon_heading, detector, write_config_file
+from tests.support.daemon import Daemon
+from tests.support.net import free_port
+from tests.support.web import seq_record
+from training.fitted import FittedModel
 
 pytestmark = pytest.mark.slow
 
@@ -44,62 +45,23 @@ KILLS_PER_STORE = 5                     # 30 kills per back end
 DELAY = (0.3, 3.0)                      # seconds from start to SIGKILL
 BATCH = 10
 PAUSE = 0.03                            # between two posts of the client
-START = (datetime.now(UTC) - timedelta(days=1)).replace(microsecond=0)
-REGIONS = ("eu-west", "us-east", "ap-south")
 
-CONFIG = """
-[daemon]
-state_dir = "state"
-torch_threads = 1
-log_level = "info"
-
-[store]
-url = "{url}"
-
-[http]
-host = "127.0.0.1"
-port = {port}
-
-[detectors.web]
-source = {{ type = "http" }}
-key_field = "host"
-
-[detectors.web.features]
-load = "numeric"
-cpu = "numeric"
-latency = "numeric"
-region = "categorical"
-
-[detectors.web.model]
-hidden = [8]
-latent = 2
-epochs = 1000000
-patience = 1000000
-batch_size = 64
-seed = 0
-device = "cpu"
-max_train_time = "0.5s"
-
-[detectors.web.training]
-interval = "3s"
-window = "30d"
-min_records = 150
-max_records = 1000
-first_window_trim = 0.0
-
-[detectors.web.scoring]
-interval = "1s"
-batch_size = 20
-"""
+def crash_config(port: int, url: str) -> str:
+    """A daemon whose training runs are cut at `max_train_time` and scheduled every 3 s, scoring 20 a batch."""
+    return config_text(daemon_heading(port, url), detector(
+        "web", WEB_FEATURES,
+        model={"hidden": [8], "latent": 2, "epochs": 1000000, "patience": 1000000, "batch_size": 64, "seed": 0,
+               "device": "cpu", "max_train_time": "0.5s"},
+        training={"interval": "3s", "window": "30d", "min_records": 150, "max_records": 1000,
+                  "first_window_trim": 0.0},
+        scoring={"interval": "1s", "batch_size": 20}))
 
 
-def record(seq: int) -> dict[str, Any]:
-    """A normal record (cpu and latency follow load) carrying its unique `seq` as an extra field."""
-    rng = random.Random(seq)
-    load = rng.uniform(0.2, 1.0)
-    return {"ts": (START + timedelta(seconds=10 * seq)).isoformat(), "host": f"web-{seq % 4}",
-            "load": round(load, 4), "cpu": round(10 + 70 * load + rng.gauss(0, 2), 3),
-            "latency": round(40 + 120 * load + rng.gauss(0, 4), 3), "region": REGIONS[seq % 3], "seq": seq}
+def crash_daemon(directory: Path, url: str) -> Daemon:
+    """A forked daemon (dozens of restarts) on `crash_config` in `directory`."""
+    port = free_port()
+    config = write_config_file(directory / "config.toml", crash_config(port, url))
+    return Daemon(config, port, directory / "state", fork=True)
 
 
 def _json(value: Any) -> Any:
@@ -136,7 +98,7 @@ class Poster(threading.Thread):
                 batch = [next(self.ledger.seqs) for _ in range(BATCH)]
                 self.in_flight = True
                 try:
-                    response = self.daemon_proc.post([record(s) for s in batch], client=client)
+                    response = self.daemon_proc.post([seq_record(s) for s in batch], client=client)
                 except httpx2.TransportError:
                     self.ledger.uncertain.update(batch)     # killed before it answered: stored or not
                     return
@@ -289,10 +251,7 @@ class Tally:
 def run_store(backend: str, directory: Path, store_no: int, tally: Tally) -> None:
     directory.mkdir(parents=True)
     with store_url(backend, directory) as url:
-        port = free_port()
-        config = directory / "config.toml"
-        config.write_text(textwrap.dedent(CONFIG.format(url=url, port=port)), encoding="utf-8")
-        daemon = Daemon(config, port, directory / "state", fork=True, name="daemon")
+        daemon = crash_daemon(directory, url)
         engine = sa.create_engine(url, poolclass=sa.NullPool)
         ledger = Ledger()
         poster: Poster | None = None
@@ -385,16 +344,13 @@ def test_kill_between_saving_a_model_and_finishing_its_run(tmp_path: Path) -> No
     run that the restart marks failed must not be active (nor exist)."""
     require_postgres()
     with fresh_database() as url:
-        port = free_port()
-        config = tmp_path / "config.toml"
-        config.write_text(textwrap.dedent(CONFIG.format(url=url, port=port)), encoding="utf-8")
-        daemon = Daemon(config, port, tmp_path / "state", fork=True)
+        daemon = crash_daemon(tmp_path, url)
         engine = sa.create_engine(url, poolclass=sa.NullPool)
         ledger = Ledger()
         try:
             daemon.start()
             batch = [next(ledger.seqs) for _ in range(300)]
-            assert daemon.post([record(s) for s in batch]).status_code == 200
+            assert daemon.post([seq_record(s) for s in batch]).status_code == 200
             ledger.acked.update(batch)
             deadline = time.monotonic() + 60
             with engine.connect() as holder:

@@ -130,7 +130,7 @@ def test_out_of_distribution_values_are_marked_and_counted(runtime: Runtime) -> 
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "detector.cli", *args], cwd=tmp_path, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "detector.cli.main", *args], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120)
 
 

@@ -2,246 +2,49 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
-import socket
-import sqlite3
-import subprocess
-import sys
-import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx2
-import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.prom import metric
+from tests.support.web import WebDaemon, injected_records, normal_records, query
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 # recent times: the retention job deletes scored, unflagged records older than 7 days (by record time)
 START = (datetime.now(UTC) - timedelta(days=1)).replace(second=0, microsecond=0)
-REGIONS = ("eu-west", "us-east", "ap-south")
 N_NORMAL = 600
 N_INJECTED = 10
 
-CONFIG = """
-[daemon]
-state_dir = "state"
-torch_threads = 1
-log_level = "info"
-
-[http]
-host = "127.0.0.1"
-port = {port}
-
-[detectors.web]
-source = {{ type = "http" }}
-key_field = "host"
-
-[detectors.web.features]
-load = "numeric"
-cpu = "numeric"
-latency = "numeric"
-region = "categorical"
-healthy = {{ kind = "boolean", optional = true }}
-
-[detectors.web.model]
-hidden = [16]
-latent = 2
-epochs = {epochs}
-batch_size = 64
-patience = {patience}
-seed = 0
-device = "cpu"
-
-[detectors.web.threshold]
-target_fpr = 0.01
-
-[detectors.web.training]
-window = "30d"
-min_records = 300
-max_records = 5000
-
-[detectors.web.scoring]
-interval = "1s"
-batch_size = 500
-on_ingest = {on_ingest}
-"""
-
-
-def normal_records(n: int, seed: int, start: datetime) -> list[dict[str, Any]]:
-    """cpu and latency follow load; `kind` is an extra field the model does not see."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        load = float(rng.uniform(0.2, 1.0))
-        out.append({
-            "ts": (start + timedelta(minutes=i)).isoformat(), "host": f"web-{i % 4}", "load": round(load, 4),
-            "cpu": round(10 + 70 * load + float(rng.normal(0, 2)), 3),
-            "latency": round(40 + 120 * load + float(rng.normal(0, 4)), 3),
-            "region": REGIONS[i % 3], "healthy": True, "kind": "normal",
-        })
-    return out
-
-
-def injected_records(n: int, start: datetime) -> list[dict[str, Any]]:
-    """CPU pegged and latency ten times the normal at low load."""
-    return [
-        {"ts": (start + timedelta(minutes=i)).isoformat(), "host": f"web-{i % 4}", "load": 0.3, "cpu": 99.0,
-         "latency": 1500.0 + 10 * i, "region": REGIONS[i % 3], "healthy": False, "kind": "injected"}
-        for i in range(n)
-    ]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def metric(text: str, name: str, **labels: str) -> float | None:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return None
-
-
-class Daemon:
-    """`python -m detector.cli run` in a subprocess; stdout (JSON logs) goes to a file per start."""
-
-    def __init__(self, tmp_path: Path, epochs: int = 30, patience: int = 5, on_ingest: bool = True) -> None:
-        self.dir = tmp_path
-        self.port = free_port()
-        self.config = tmp_path / "config.toml"
-        text = CONFIG.format(port=self.port, epochs=epochs, patience=patience, on_ingest=str(on_ingest).lower())
-        self.config.write_text(textwrap.dedent(text), encoding="utf-8")
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.db = tmp_path / "state" / "vigil.db"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-        self.http = httpx2.Client(base_url=self.url, timeout=30)
-
-    @property
-    def log(self) -> Path:
-        return self.dir / f"daemon-{self.starts}.log"
-
-    def start(self, timeout: float = 60) -> None:
-        self.starts += 1
-        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
-        env.pop("VIGIL_CONFIG", None)
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "detector.cli", "run", "--config", str(self.config), "--log-format", "json"],
-                stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-        self.wait_for(self._healthy, timeout, "/healthz to answer")
-
-    def _healthy(self) -> bool:
-        try:
-            return self.http.get("/healthz").status_code == 200
-        except httpx2.TransportError:
-            return False
-
-    def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                pytest.fail(f"daemon exited with {self.proc.returncode} while waiting for {what}:\n{self.tail()}")
-            if condition():
-                return
-            time.sleep(0.2)
-        pytest.fail(f"timed out after {timeout} s waiting for {what}:\n{self.tail()}")
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-
-    @property
-    def token(self) -> str:
-        return (self.dir / "state" / "api-token").read_text(encoding="utf-8").strip()
-
-    def post(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        response = self.http.post("/v1/detectors/web/records", json=records,
-                                  headers={"Authorization": f"Bearer {self.token}"})
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        return body
-
-    def status(self) -> dict[str, Any]:
-        status: dict[str, Any] = self.http.get("/v1/status").json()["detectors"]["web"]
-        return status
-
-    def metrics(self) -> str:
-        return self.http.get("/metrics").text
-
-    def settled(self) -> bool:
-        """A model is active and nothing is left to score."""
-        status = self.status()
-        return status["model"] is not None and status["records"]["pending"] == 0
-
-    def terminate(self, timeout: float = 15) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"daemon still running {timeout} s after SIGTERM:\n{self.tail()}")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(timeout=15)
-
-    def close(self) -> None:
-        self.http.close()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=15)
-
 
 @pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    d = Daemon(tmp_path)
-    try:
+def daemon(tmp_path: Path) -> Iterator[WebDaemon]:
+    with WebDaemon(tmp_path) as d:
         yield d
-    finally:
-        d.close()
 
 
-def query(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    """Read the daemon's SQLite file directly (read-only), not through our code."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
-
-
-def _post_in_batches(daemon: Daemon, records: list[dict[str, Any]], size: int = 100) -> int:
+def _post_in_batches(daemon: WebDaemon, records: list[dict[str, Any]], size: int = 100) -> int:
     accepted = 0
     for i in range(0, len(records), size):
-        body = daemon.post(records[i:i + size])
+        body = daemon.ingest(records[i:i + size])
         assert body["rejected"] == []
         accepted += body["accepted"]
     return accepted
 
 
-def test_daemon_learns_flags_and_explains_injected_anomalies(daemon: Daemon) -> None:
+def test_daemon_learns_flags_and_explains_injected_anomalies(daemon: WebDaemon) -> None:
     daemon.start()
     assert _post_in_batches(daemon, normal_records(N_NORMAL, seed=1, start=START)) == N_NORMAL
     # the score job trains the first model by itself once min_records=300 are in
     daemon.wait_for(daemon.settled, 90, "the first model and every record scored")
     later = START + timedelta(minutes=N_NORMAL)
-    assert daemon.post(injected_records(N_INJECTED, later))["accepted"] == N_INJECTED
+    assert daemon.ingest(injected_records(N_INJECTED, later))["accepted"] == N_INJECTED
     daemon.wait_for(lambda: daemon.status()["records"]["pending"] == 0, 90, "the injected records to be scored")
 
     status = daemon.status()
@@ -289,23 +92,20 @@ def test_daemon_learns_flags_and_explains_injected_anomalies(daemon: Daemon) -> 
 
 
 @pytest.fixture
-def interval_daemon(tmp_path: Path) -> Iterator[Daemon]:
+def interval_daemon(tmp_path: Path) -> Iterator[WebDaemon]:
     """A daemon that scores on its interval only (scoring.on_ingest = false): records wait as pending."""
-    d = Daemon(tmp_path, on_ingest=False)
-    try:
+    with WebDaemon(tmp_path, on_ingest=False) as d:
         yield d
-    finally:
-        d.close()
 
 
-def test_records_posted_once_a_model_is_active_are_stored_scored(daemon: Daemon) -> None:
+def test_records_posted_once_a_model_is_active_are_stored_scored(daemon: WebDaemon) -> None:
     daemon.start()
     _post_in_batches(daemon, normal_records(N_NORMAL, seed=2, start=START))
     daemon.wait_for(daemon.settled, 90, "the first model and every record scored")
     before = daemon.metrics()
     later = START + timedelta(minutes=N_NORMAL)
     extra = normal_records(200, seed=3, start=later) + injected_records(3, later + timedelta(minutes=200))
-    assert daemon.post(extra)["accepted"] == len(extra)
+    assert daemon.ingest(extra)["accepted"] == len(extra)
     # answered 200 means stored and scored in one transaction: no record of the POST waits for the score job
     [(pending,)] = query(daemon.db, "SELECT count(*) FROM records WHERE detector = 'web' AND state = 'pending'")
     assert pending == 0
@@ -326,7 +126,7 @@ def test_records_posted_once_a_model_is_active_are_stored_scored(daemon: Daemon)
     assert metric(after, "vigil_score_threshold_ratio_count", detector="web") == count_before + len(extra)
 
 
-def test_restart_after_sigkill_keeps_records_and_model(interval_daemon: Daemon) -> None:
+def test_restart_after_sigkill_keeps_records_and_model(interval_daemon: WebDaemon) -> None:
     daemon = interval_daemon
     daemon.start()
     _post_in_batches(daemon, normal_records(N_NORMAL, seed=2, start=START))
@@ -335,7 +135,7 @@ def test_restart_after_sigkill_keeps_records_and_model(interval_daemon: Daemon) 
     # accepted records must survive a crash that follows the 200 at once
     later = START + timedelta(minutes=N_NORMAL)
     extra = normal_records(300, seed=3, start=later) + injected_records(3, later + timedelta(minutes=300))
-    assert daemon.post(extra)["accepted"] == len(extra)
+    assert daemon.ingest(extra)["accepted"] == len(extra)
     daemon.kill()
     assert daemon.proc is not None and daemon.proc.returncode == -signal.SIGKILL
     [(total,)] = query(daemon.db, "SELECT count(*) FROM records WHERE detector = 'web'")
@@ -375,7 +175,7 @@ def test_restart_after_sigkill_keeps_records_and_model(interval_daemon: Daemon) 
 
 def test_sigterm_during_training_stops_promptly(tmp_path: Path) -> None:
     """A stop in the middle of a (very long) training run aborts it at the next epoch and exits 0."""
-    daemon = Daemon(tmp_path, epochs=1_000_000, patience=1_000_000)
+    daemon = WebDaemon(tmp_path, epochs=1_000_000, patience=1_000_000)
     try:
         daemon.start()
         _post_in_batches(daemon, normal_records(N_NORMAL, seed=4, start=START))

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from detector.frames import records_frame
-from detector.store.repository import PendingRecord
+from detector.store.types import PendingRecord
 from training.schema import Feature, Schema
 
 T0 = datetime(2025, 3, 3, tzinfo=UTC)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from detector.notify import Heartbeats, Notifier, Watchdog
-from tests.detector.test_e2e import REPO, Daemon, injected_records, normal_records, query
+from tests.support.web import WebDaemon, injected_records, normal_records, query
 
 pytestmark = pytest.mark.slow
 
@@ -47,26 +46,15 @@ class NotifySocket:
         self.sock.close()
 
 
-class NotifiedDaemon(Daemon):
+class NotifiedDaemon(WebDaemon):
     def start_notified(self, notify: NotifySocket, watchdog_usec: int = 1_000_000, timeout: float = 60) -> None:
-        self.starts += 1
-        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1", "NOTIFY_SOCKET": notify.path,
-               "WATCHDOG_USEC": str(watchdog_usec)}
-        env.pop("VIGIL_CONFIG", None)
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "detector.cli", "run", "--config", str(self.config), "--log-format", "json"],
-                stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-        self.wait_for(self._healthy, timeout, "/healthz to answer")
+        self.start(timeout, env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": str(watchdog_usec)})
 
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[NotifiedDaemon]:
-    d = NotifiedDaemon(tmp_path)
-    try:
+    with NotifiedDaemon(tmp_path) as d:
         yield d
-    finally:
-        d.close()
 
 
 def test_notify_ready_status_watchdog_stopping_in_order(daemon: NotifiedDaemon, tmp_path: Path) -> None:
@@ -121,7 +109,7 @@ def test_a_stalled_job_stops_the_watchdog_pings(tmp_path: Path) -> None:
 def test_sigterm_under_load_exits_0_and_keeps_every_accepted_record(daemon: NotifiedDaemon, tmp_path: Path) -> None:
     daemon.start()
     start = datetime.now(UTC) - timedelta(hours=12)
-    daemon.post(normal_records(400, seed=1, start=start))
+    daemon.ingest(normal_records(400, seed=1, start=start))
     daemon.wait_for(daemon.settled, 90, "the first model and scoring")
     accepted: list[int] = []
     stop = threading.Event()
@@ -180,14 +168,12 @@ def test_sighup_reloads_detectors_and_keeps_running_on_an_invalid_file(daemon: N
 
 
 def test_models_promote_rollback_and_prune(daemon: NotifiedDaemon) -> None:
-    from tests.detector.test_e2e import CONFIG  # noqa: F401  (the daemon's config is written by Daemon)
-
     def vigil(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "detector.cli", *args, "--config", str(daemon.config)],
+        return subprocess.run([sys.executable, "-m", "detector.cli.main", *args, "--config", str(daemon.config)],
                               cwd=daemon.dir, capture_output=True, text=True, timeout=120)
 
     daemon.start()
-    daemon.post(normal_records(400, seed=2, start=datetime.now(UTC) - timedelta(hours=8)))
+    daemon.ingest(normal_records(400, seed=2, start=datetime.now(UTC) - timedelta(hours=8)))
     daemon.wait_for(daemon.settled, 90, "the first model")
     daemon.terminate()
     for _ in range(2):
@@ -210,7 +196,7 @@ def test_models_promote_rollback_and_prune(daemon: NotifiedDaemon) -> None:
     assert refused.returncode == 1 and "pruned" in refused.stderr
     assert vigil("models", "rollback", "web").returncode == 0          # to v2, still kept
     daemon.start()
-    daemon.post(injected_records(3, datetime.now(UTC) - timedelta(hours=1)))
+    daemon.ingest(injected_records(3, datetime.now(UTC) - timedelta(hours=1)))
     daemon.wait_for(lambda: daemon.status()["records"]["pending"] == 0, 60, "scoring with the rolled-back model")
     assert {v for (v,) in query(daemon.db, "SELECT DISTINCT m.version FROM records r JOIN model_versions m "
                                            "ON m.id = r.model_version_id WHERE json_extract(r.fields, '$.kind') "

@@ -15,16 +15,12 @@ import json
 import os
 import pwd
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import textwrap
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,74 +30,18 @@ import httpx2
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.config import WEB_FEATURES, config_text, daemon_heading, detector, write_config_file
+from tests.support.daemon import Daemon
+from tests.support.net import free_port
+from tests.support.prom import metric
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 OUTAGE_S = 30.0
 BATCH = 10
 MIN_RECORDS = 150
 START = (datetime.now(UTC) - timedelta(hours=6)).replace(microsecond=0)
-
-CONFIG = """
-[daemon]
-state_dir = "state"
-torch_threads = 1
-log_level = "info"
-
-[http]
-host = "127.0.0.1"
-port = {port}
-
-[store]
-url = "{url}"
-
-[detectors.web]
-source = {{ type = "http" }}
-key_field = "host"
-
-[detectors.web.features]
-load = "numeric"
-cpu = "numeric"
-latency = "numeric"
-region = "categorical"
-
-[detectors.web.model]
-hidden = [8]
-latent = 2
-epochs = 15
-batch_size = 32
-patience = 3
-seed = 0
-device = "cpu"
-
-[detectors.web.training]
-interval = "1h"
-window = "30d"
-min_records = {min_records}
-max_records = 2000
-
-[detectors.web.scoring]
-interval = "1s"
-batch_size = 500
-"""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def metric(text: str, name: str, **labels: str) -> float | None:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return None
-
 
 def _unavailable(reason: str) -> None:
     if os.environ.get("CI") == "true":
@@ -186,69 +126,25 @@ def cluster() -> Iterator[Cluster]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-class Daemon:
-    """`python -m detector.cli run` on the cluster; its log goes to a file."""
+def outage_config(port: int, store_url: str) -> str:
+    """A daemon on the cluster whose first model trains once MIN_RECORDS records are in."""
+    return config_text(daemon_heading(port, store_url), detector(
+        "web", WEB_FEATURES,
+        model={"hidden": [8], "latent": 2, "epochs": 15, "batch_size": 32, "patience": 3, "seed": 0, "device": "cpu"},
+        training={"interval": "1h", "window": "30d", "min_records": MIN_RECORDS, "max_records": 2000},
+        scoring={"interval": "1s", "batch_size": 500}))
+
+
+class StoreDaemon(Daemon):
+    """`vigil run` (exec'd) on the cluster: `outage_config` in `workdir`."""
+
+    start_timeout = 90
+    stop_timeout = 30
 
     def __init__(self, workdir: Path, store_url: str) -> None:
-        self.dir = workdir
-        self.port = free_port()
-        self.config = workdir / "config.toml"
-        self.config.write_text(textwrap.dedent(CONFIG.format(port=self.port, url=store_url, min_records=MIN_RECORDS)),
-                               encoding="utf-8")
-        self.log = workdir / "daemon.log"
-        self.http = httpx2.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=20)
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONUNBUFFERED": "1"}
-        env.pop("VIGIL_CONFIG", None)
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "detector.cli", "run", "--config", str(self.config), "--log-format", "json"],
-                stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-        self.wait_for(lambda: self.get("/healthz") == 200, 90, "/healthz")
-
-    def get(self, path: str) -> int | None:
-        try:
-            return self.http.get(path).status_code
-        except httpx2.TransportError:
-            return None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.alive():
-                pytest.fail(f"daemon exited while waiting for {what}:\n{self.tail()}")
-            if condition():
-                return
-            time.sleep(0.25)
-        pytest.fail(f"timed out after {timeout} s waiting for {what}:\n{self.tail()}")
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-
-    @property
-    def token(self) -> str:
-        return (self.dir / "state" / "api-token").read_text(encoding="utf-8").strip()
-
-    def status(self) -> dict[str, Any]:
-        body: dict[str, Any] = self.http.get("/v1/status").json()["detectors"]["web"]
-        return body
-
-    def terminate(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
-
-    def close(self) -> None:
-        self.http.close()
-        if self.alive():
-            assert self.proc is not None
-            self.proc.kill()
-            self.proc.wait(timeout=15)
+        port = free_port()
+        config = write_config_file(workdir / "config.toml", outage_config(port, store_url))
+        super().__init__(config, port, workdir / "state", http_timeout=20)
 
 
 @dataclass
@@ -298,7 +194,7 @@ class Load:
 
 
 def test_store_outage_under_load(cluster: Cluster, tmp_path: Path) -> None:
-    daemon = Daemon(tmp_path, cluster.url)
+    daemon = StoreDaemon(tmp_path, cluster.url)
     load = Load(daemon)
     loader = threading.Thread(target=load.run, name="load", daemon=True)
     try:

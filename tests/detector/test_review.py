@@ -14,7 +14,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from detector.daemon import Runtime
-from detector.store.reviews import OutlierFilter
+from detector.store.types import OutlierFilter
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -158,7 +158,7 @@ def test_cli_show_review_export_and_maintenance(runtime: Runtime, tmp_path: Path
     target = flagged(runtime, "broken_cpu")[0]
 
     def vigil(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "detector.cli", *args, "--config", "config.toml"],
+        return subprocess.run([sys.executable, "-m", "detector.cli.main", *args, "--config", "config.toml"],
                               cwd=tmp_path, capture_output=True, text=True, timeout=120)
 
     shown = vigil("outliers", "show", str(target.id))

@@ -3,10 +3,8 @@ once, one trainer per schedule slot, one active model, and every instance servin
 
 from __future__ import annotations
 
-import random
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections import Counter
@@ -20,8 +18,11 @@ import pytest
 import sqlalchemy as sa
 
 from detector.store.db import head_revision
-from tests.daemon_proc import REPO, Daemon, free_port
 from tests.pg import fresh_database, require_postgres
+from tests.support.config import WEB_FEATURES, config_text, daemon_heading, detector, write_config_file
+from tests.support.daemon import REPO, Daemon
+from tests.support.net import free_port
+from tests.support.web import seq_record
 
 pytestmark = pytest.mark.slow
 
@@ -31,58 +32,14 @@ BATCH = 20
 LOAD_SECONDS = 56.0                     # more than two 20-s training slots
 SLOT = timedelta(seconds=20)
 ANCHOR = datetime(2000, 1, 1, tzinfo=UTC)   # slots are aligned to this (detector.scheduler)
-START = (datetime.now(UTC) - timedelta(days=1)).replace(microsecond=0)
-REGIONS = ("eu-west", "us-east", "ap-south")
 
-CONFIG = """
-[daemon]
-state_dir = "state-{i}"
-torch_threads = 1
-log_level = "info"
-
-[store]
-url = "{url}"
-
-[http]
-host = "127.0.0.1"
-port = {port}
-
-[detectors.web]
-source = {{ type = "http" }}
-key_field = "host"
-
-[detectors.web.features]
-load = "numeric"
-cpu = "numeric"
-latency = "numeric"
-region = "categorical"
-
-[detectors.web.model]
-hidden = [8]
-latent = 2
-epochs = 15
-batch_size = 64
-seed = 0
-device = "cpu"
-
-[detectors.web.training]
-interval = "20s"
-window = "30d"
-min_records = 200
-
-[detectors.web.scoring]
-interval = "1s"
-batch_size = 100
-"""
-
-
-def record(seq: int) -> dict[str, Any]:
-    """A normal record (cpu and latency follow load) carrying its unique `seq` as an extra field."""
-    rng = random.Random(seq)
-    load = rng.uniform(0.2, 1.0)
-    return {"ts": (START + timedelta(seconds=10 * seq)).isoformat(), "host": f"web-{seq % 4}",
-            "load": round(load, 4), "cpu": round(10 + 70 * load + rng.gauss(0, 2), 3),
-            "latency": round(40 + 120 * load + rng.gauss(0, 4), 3), "region": REGIONS[seq % 3], "seq": seq}
+def instance_config(i: int, port: int, url: str) -> str:
+    """Instance i of the deployment: its own state folder, the shared store, training every 20 s."""
+    return config_text(daemon_heading(port, url, state_dir=f"state-{i}"), detector(
+        "web", WEB_FEATURES,
+        model={"hidden": [8], "latent": 2, "epochs": 15, "batch_size": 64, "seed": 0, "device": "cpu"},
+        training={"interval": "20s", "window": "30d", "min_records": 200},
+        scoring={"interval": "1s", "batch_size": 100}))
 
 
 def slot_of(t: datetime) -> int:
@@ -115,7 +72,7 @@ class Load:
                 with self._lock:
                     self.sent.update(batch)
                 try:
-                    response = daemon.post([record(s) for s in batch], client=client)
+                    response = daemon.post([seq_record(s) for s in batch], client=client)
                 except httpx2.TransportError as exc:
                     with self._lock:
                         self.failed.append((batch[0], f"{exc.__class__.__name__}: {exc}"))
@@ -156,8 +113,7 @@ def test_three_daemons_share_one_postgresql_store(tmp_path: Path, database: str)
     daemons = []
     for i in range(INSTANCES):
         port = free_port()
-        config = tmp_path / f"config-{i}.toml"
-        config.write_text(textwrap.dedent(CONFIG.format(i=i, url=database, port=port)), encoding="utf-8")
+        config = write_config_file(tmp_path / f"config-{i}.toml", instance_config(i, port, database))
         daemons.append(Daemon(config, port, tmp_path / f"state-{i}", name=f"instance-{i}"))
     engine = sa.create_engine(database, poolclass=sa.NullPool)
     load = Load(daemons)
@@ -238,7 +194,7 @@ def test_three_daemons_share_one_postgresql_store(tmp_path: Path, database: str)
         assert statuses[0]["outliers"] == outliers
         for d in daemons:
             assert d.metric("vigil_model_info", detector="web", version=str(active.version)) == 1.0
-            assert d.post([record(10**6 + d.port)]).status_code == 200     # and accepts writes
+            assert d.post([seq_record(10**6 + d.port)]).status_code == 200     # and accepts writes
 
         for d in daemons:
             assert d.terminate() == 0

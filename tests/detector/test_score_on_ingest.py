@@ -14,11 +14,11 @@ from sqlalchemy import select
 
 from detector.config import load_config
 from detector.daemon import Runtime, build_runtime
-from detector.store.repository import ModelVersion
 from detector.store.tables import OutlierRow, RecordRow
+from detector.store.types import ModelVersion
+from tests.support.alerting import LATER, install, normal, slow, spike, trained_model
 
 from .conftest import HTTP_DETECTOR
-from .test_alerting import LATER, install, normal, slow, spike, trained_model
 
 __all__ = ["trained_model"]      # the shared model fixture
 

@@ -16,7 +16,7 @@ import pytest
 from detector.daemon import Runtime
 from detector.frames import records_frame, to_json_value
 from detector.scoring import ActiveModel, Scorer
-from detector.store.repository import PendingRecord, ScoredRecord
+from detector.store.types import PendingRecord, ScoredRecord
 from detector.trainer import settings_for
 from training.fit import fit_model
 from training.loop import TrainSettings

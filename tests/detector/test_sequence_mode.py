@@ -15,10 +15,11 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from detector.api import create_app
+from detector.api.app import create_app
 from detector.config import load_config
 from detector.daemon import Runtime, build_runtime
-from training.fit import KEY_COLUMN, TS_COLUMN, FittedModel
+from training.fit import KEY_COLUMN, TS_COLUMN
+from training.fitted import FittedModel
 
 SEQUENCE_DETECTOR = """
 [detectors.series]

@@ -1,0 +1,56 @@
+"""The `vigil` command line: the top-level group, its commands and groups, and the entry point."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+
+from detector import __version__
+from detector.cli.data import check_data
+from detector.cli.maintenance import maintenance
+from detector.cli.models import models, train
+from detector.cli.offline import evaluate, report, score, tune
+from detector.cli.outliers import outliers
+from detector.cli.run import config_group, db, run
+from detector.cli.status import status
+from detector.errors import ConfigError, VigilError
+
+__all__ = ["cli", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vigil")
+def cli() -> None:
+    """Vigil: an anomaly-detection monitoring daemon.
+
+    It learns what normal records look like with an autoencoder, scores every new record by
+    reconstruction error, and stores and explains the outliers.
+    """
+
+for command in (run, status, train, score, outliers, models, check_data, evaluate, maintenance, report, tune, db,
+                config_group):
+    cli.add_command(command)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: one-line errors with exit status 2 for bad config, 1 for other failures."""
+    try:
+        cli.main(args=argv, prog_name="vigil", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except ConfigError as exc:
+        click.echo(f"vigil: {exc}", err=True)
+        sys.exit(2)
+    except VigilError as exc:
+        click.echo(f"vigil: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
