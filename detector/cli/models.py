@@ -6,12 +6,15 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from detector.cli.common import config_option, known_detector, load, prepare_torch, short, table
 from detector.errors import UnknownModelVersionError
+
+if TYPE_CHECKING:
+    from detector.store.repository import Repository
 
 __all__ = ["models", "train"]
 
@@ -41,7 +44,8 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value else None
 
 
-def _one_detector(config_path: Path, detector: str | None) -> tuple[str, Any]:
+def _one_detector(config_path: Path, detector: str | None) -> tuple[str, Repository]:
+    """The detector named, or the only one configured, and the store's repository."""
     from detector.store.db import open_repository
 
     config = load(config_path)
@@ -81,15 +85,8 @@ def models_rollback(detector: str, config_path: Path) -> None:
 @config_option
 def models_show(version: int, detector: str | None, as_json: bool, config_path: Path) -> None:
     """One model version: training window, report, threshold and diversity warnings."""
-    from detector.store.db import open_repository
-
-    config = load(config_path)
-    if detector is None:
-        if len(config.detectors) != 1:
-            raise click.UsageError("several detectors are configured: name one with --detector")
-        detector = next(iter(config.detectors))
-    known_detector(config.detectors, detector)
-    model = open_repository(config.store_url).get_model(detector, version)
+    detector, repo = _one_detector(config_path, detector)
+    model = repo.get_model(detector, version)
     if model is None:
         raise UnknownModelVersionError(detector, version)
     report = {k: v for k, v in model.meta.get("report", {}).items() if k not in ("history", "settings")}
