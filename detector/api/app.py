@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from detector import __version__
-from detector.api import ingest, review, status
+from detector.api import ingest, otlp, review, status
 from detector.api.deps import install_error_handlers
 from detector.api.web import review_page_router
 from detector.daemon import Runtime
@@ -41,6 +41,7 @@ def create_app(runtime: Runtime, manage_jobs: bool = True) -> FastAPI:
     app.state.runtime = runtime
     install_error_handlers(app)
     app.include_router(ingest.router)
+    app.include_router(otlp.router)
     app.include_router(status.router)
     app.include_router(review.router)
     app.include_router(review_page_router())

@@ -19,6 +19,7 @@ __all__ = [
     "DemoSourceConfig",
     "FileSourceConfig",
     "HttpSourceConfig",
+    "OtlpSourceConfig",
     "PrometheusSourceConfig",
     "SourceConfig",
     "SqlSourceConfig",
@@ -37,6 +38,13 @@ class DemoSourceConfig(Section):
 
 class HttpSourceConfig(Section):
     type: Literal["http"]
+
+
+class OtlpSourceConfig(Section):
+    type: Literal["otlp"]
+    key_attributes: tuple[str, ...] = ()       # attributes whose values, joined by "/", form the record key
+    ignore_attributes: tuple[str, ...] = ()    # attributes left out of feature names (high-cardinality ones)
+    align: PositiveDuration = Field(default=1.0)   # points within one such step form one record
 
 
 class FileSourceConfig(Section):
@@ -153,6 +161,7 @@ class SqlSourceConfig(Section):
         return value
 
 SourceConfig = Annotated[
-    DemoSourceConfig | HttpSourceConfig | FileSourceConfig | PrometheusSourceConfig | SqlSourceConfig,
+    DemoSourceConfig | HttpSourceConfig | OtlpSourceConfig | FileSourceConfig | PrometheusSourceConfig
+    | SqlSourceConfig,
     Field(discriminator="type"),
 ]

@@ -21,8 +21,8 @@ PULL_SOURCES: Mapping[str, Callable[[Any, Sink], PullSource]] = {
     "prometheus": PrometheusSource,
     "sql": SqlSource,
 }
-# types whose records are pushed to the API (detector.sources.http.HttpSource); nothing to poll
-PUSH_SOURCES = frozenset({"http"})
+# types whose records are pushed to the API (detector.sources.http.HttpSource, detector.sources.otlp.OtlpSource)
+PUSH_SOURCES = frozenset({"http", "otlp"})
 
 
 def pull_source(det: DetectorConfig, sink: Sink) -> PullSource | None:

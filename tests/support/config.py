@@ -7,6 +7,7 @@ so a test states what differs and reads no TOML boilerplate.
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +21,11 @@ WEB_FEATURES: dict[str, Any] = {"load": "numeric", "cpu": "numeric", "latency": 
 HEALTHY: dict[str, Any] = {"healthy": {"kind": "boolean", "optional": True}}
 
 
+def toml_key(key: str) -> str:
+    """`key` as a TOML key: bare where it can be, quoted otherwise (a metric name such as `system.cpu`)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
 def toml_value(value: Any) -> str:
     """`value` as a TOML value."""
     if isinstance(value, bool):
@@ -29,7 +35,7 @@ def toml_value(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
     if isinstance(value, int | float):
         return repr(value)
     raise TypeError(f"no TOML for {value!r}")
@@ -38,7 +44,7 @@ def toml_value(value: Any) -> str:
 def table(name: str | None, values: Mapping[str, Any]) -> str:
     """`[name]` and one `key = value` line per entry (no header where name is None)."""
     lines = [f"[{name}]"] if name is not None else []
-    lines += [f"{key} = {toml_value(value)}" for key, value in values.items()]
+    lines += [f"{toml_key(key)} = {toml_value(value)}" for key, value in values.items()]
     return "\n".join(lines) + "\n"
 
 

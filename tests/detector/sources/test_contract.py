@@ -266,7 +266,49 @@ class HttpFeed(Feed):
         return accepted
 
 
-FEEDS: dict[str, type[Feed]] = {f.kind: f for f in (DemoFeed, FileFeed, SqlFeed, PrometheusFeed, HttpFeed)}
+class OtlpFeed(Feed):
+    """OTLP metric exports (protobuf): one gauge point per feature, host and minute, the host a resource
+    attribute; 'pumping' hands each waiting export to the source as the API does."""
+
+    kind = "otlp"
+
+    def source_toml(self) -> str:
+        self.bodies: list[bytes] = []
+        return 'source = { type = "otlp", key_attributes = ["host.name"], align = "1m" }'
+
+    def produce(self, n: int) -> None:
+        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+        from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+        request = ExportMetricsServiceRequest()
+        for row in _rows(self.produced, n, "ts", "host"):
+            resource = request.resource_metrics.add()
+            resource.resource.attributes.append(KeyValue(key="host.name", value=AnyValue(string_value=row["host"])))
+            metrics = resource.scope_metrics.add().metrics
+            t_ns = int(datetime.fromisoformat(row["ts"]).timestamp() * 1e9)
+            for name in ("x", "y"):
+                metric = metrics.add(name=name)
+                metric.gauge.data_points.add(time_unix_nano=t_ns, as_double=row[name])
+        self.bodies.append(request.SerializeToString())
+        self.produced += n
+
+    def make(self, runtime: Runtime, sink: RecordingSink) -> Any:
+        from detector.sources.otlp import OtlpSource
+
+        assert pull_source(runtime.config.detectors["contract"], sink) is None    # nothing to poll
+        det = runtime.config.detectors["contract"]
+        self.sink = sink              # an OTLP answer counts refused points only: accepted ones are the sink's
+        return OtlpSource(typing.cast(Any, det.source), sink, runtime.config.http, det.feature_schema.names)
+
+    def pump(self, source: Any) -> int:
+        before = self.sink.accepted
+        while self.bodies:
+            reply = source.receive(self.bodies.pop(0), "application/x-protobuf")
+            assert reply.status == 200 and reply.body == b"", reply.body      # no partial success: all stored
+        return self.sink.accepted - before
+
+
+FEEDS: dict[str, type[Feed]] = {f.kind: f for f in (DemoFeed, FileFeed, SqlFeed, PrometheusFeed, HttpFeed, OtlpFeed)}
 
 
 @pytest.fixture(params=sorted(FEEDS))
