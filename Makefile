@@ -46,7 +46,10 @@ install-test: $(VENV)/.test-installed
 run: install
 	$(BIN)/vigil run --config $(CONFIG)
 
+# The system parts the suite runs against (PostgreSQL, Prometheus, Alertmanager, Chromium, systemd-nspawn): installed
+# by tests/setup-system.sh as root with apt, else each missing one is named with the command that installs it.
 test: install-test
+	bash tests/setup-system.sh
 	$(BIN)/ruff check detector training tests $(wildcard bench)
 	$(BIN)/mypy detector training
 	OMP_WAIT_POLICY=PASSIVE $(BIN)/python -m pytest $(PYTEST_ARGS)

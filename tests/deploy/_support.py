@@ -1,4 +1,5 @@
-"""Shared by the deploy/ tests: paths, external tools, the alert rules and dashboard queries, PromQL splitting.
+"""Shared by the deploy/ tests: paths, external tools, the alert rules and dashboard queries, PromQL splitting,
+and the records the live stack tests post.
 
 The test environment has no YAML library, so `alert_rules` reads the small YAML subset rules.yml is
 written in (block sequences and mappings, plain/quoted scalars, `>-` and `|` block scalars) and fails
@@ -12,9 +13,11 @@ import os
 import re
 import shutil
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -257,3 +260,26 @@ def checked_queries(expr: str) -> list[str]:
     """The queries of an alert expression that must return data on a working daemon: the left-hand side
     of every top-level operand except those after `unless` (which may legitimately be empty)."""
     return [left_of_comparison(operand) for op, operand in split_set_operators(expr) if op != "unless"]
+
+
+def normal_records(n: int, seed: int, end: datetime, constant_cpu: bool = False) -> list[dict[str, Any]]:
+    """cpu and latency follow load, one record a minute up to `end`."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        load = float(rng.uniform(0.2, 1.0))
+        out.append({
+            "ts": (end - timedelta(minutes=n - i)).isoformat(), "host": f"web-{i % 4}", "load": round(load, 4),
+            "cpu": 50.0 if constant_cpu else round(10 + 70 * load + float(rng.normal(0, 2)), 3),
+            "latency": round(40 + 120 * load + float(rng.normal(0, 4)), 3),
+            "region": ("eu-west", "us-east", "ap-south")[i % 3],
+        })
+    return out
+
+
+def anomalous_records(n: int) -> list[dict[str, Any]]:
+    """Pegged CPU and ten times the latency at low load, from a region never seen: outliers, out of range,
+    unseen category."""
+    now = datetime.now(UTC)
+    return [{"ts": now.isoformat(), "host": f"web-{i}", "load": 0.3, "cpu": 400.0, "latency": 1500.0 + i,
+             "region": "mars"} for i in range(n)]

@@ -13,24 +13,23 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import signal
-import subprocess
 import time
-from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx2
-import numpy as np
 import pytest
 
 from tests.deploy._support import (
     REPO,
     RULES,
     alert_rules,
+    anomalous_records,
     checked_queries,
     dashboard,
+    normal_records,
     panel_queries,
     require_binary,
     substitute,
@@ -38,6 +37,7 @@ from tests.deploy._support import (
 from tests.support.config import WEB_FEATURES, config_text, daemon_heading, detector, write_config_file
 from tests.support.daemon import daemon_env, vigil_run
 from tests.support.net import free_port
+from tests.support.process import Process, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -72,68 +72,6 @@ scrape_configs:
     static_configs:
       - targets: ["127.0.0.1:{port}"]
 """
-
-
-def normal_records(n: int, seed: int, end: datetime, constant_cpu: bool = False) -> list[dict[str, Any]]:
-    """cpu and latency follow load, one record a minute up to `end`."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        load = float(rng.uniform(0.2, 1.0))
-        out.append({
-            "ts": (end - timedelta(minutes=n - i)).isoformat(), "host": f"web-{i % 4}", "load": round(load, 4),
-            "cpu": 50.0 if constant_cpu else round(10 + 70 * load + float(rng.normal(0, 2)), 3),
-            "latency": round(40 + 120 * load + float(rng.normal(0, 4)), 3),
-            "region": ("eu-west", "us-east", "ap-south")[i % 3],
-        })
-    return out
-
-
-def anomalous_records(n: int) -> list[dict[str, Any]]:
-    """Pegged CPU and ten times the latency at low load, from a region never seen: outliers, out of range,
-    unseen category."""
-    now = datetime.now(UTC)
-    return [{"ts": now.isoformat(), "host": f"web-{i}", "load": 0.3, "cpu": 400.0, "latency": 1500.0 + i,
-             "region": "mars"} for i in range(n)]
-
-
-class Process:
-    """A subprocess with its output in a file, stopped with SIGTERM (then SIGKILL) in `stop`."""
-
-    def __init__(self, name: str, args: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.log = log
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
-
-    def tail(self, lines: int = 30) -> str:
-        text = self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
-        return f"--- last lines of {self.name} ---\n" + "\n".join(text.splitlines()[-lines:])
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            pytest.fail(f"{self.name} exited with {self.proc.returncode}\n{self.tail()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=15)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str, *procs: Process) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for proc in procs:
-            proc.check_alive()
-        if condition():
-            return
-        time.sleep(0.25)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}\n" + "\n".join(p.tail() for p in procs))
 
 
 class Client:
