@@ -35,9 +35,16 @@ def _lifespan(runtime: Runtime, manage_jobs: bool) -> Callable[[FastAPI], Any]:
 
 
 def create_app(runtime: Runtime, manage_jobs: bool = True) -> FastAPI:
-    """The ASGI app; with `manage_jobs` its lifespan starts and stops the scheduled jobs."""
+    """The ASGI app; with `manage_jobs` its lifespan starts and stops the scheduled jobs.
+
+    `/openapi.json` is always served; the interactive pages `/docs` and `/redoc` only with `http.api_docs`:
+    they load their scripts from a CDN (unpinned, without integrity checks) into the origin whose session
+    storage holds the review page's token.
+    """
+    docs = runtime.config.http.api_docs
     app = FastAPI(title="Vigil", version=__version__, lifespan=_lifespan(runtime, manage_jobs),
-                  description="Anomaly-detection monitoring daemon: ingest records, read outliers.")
+                  description="Anomaly-detection monitoring daemon: ingest records, read outliers.",
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None)
     app.state.runtime = runtime
     install_error_handlers(app)
     app.include_router(ingest.router)

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from detector.cli.common import config_option, load, prepare_torch
+from detector.config import require_detectors
 
 __all__ = ["config_group", "db", "run"]
 
@@ -21,7 +22,13 @@ def run(config_path: Path, log_format: str) -> None:
     from detector.logs import setup_logging
 
     config = load(config_path)
+    require_detectors(config, config_path)
     setup_logging(config.daemon.log_level, log_format)
+    from detector.api.sockets import listen
+
+    # The API's port first: when it is taken, the daemon says so and exits before it opens the store or
+    # starts a job (uvicorn found out only after the jobs had started, and then waited for them).
+    sockets = listen(config.http) if config.http.enabled else None
     prepare_torch(config.daemon)
     from detector.api.server import serve
     from detector.daemon import build_runtime
@@ -31,7 +38,7 @@ def run(config_path: Path, log_format: str) -> None:
     # reach, it is no longer scanned each time a batch of records allocates its many small dicts
     # (claiming 5,000 records took about 2.8 times as long with it in reach).
     gc.freeze()
-    serve(runtime, config_path)
+    serve(runtime, config_path, sockets)
 
 
 @click.group()
@@ -58,7 +65,11 @@ def config_group() -> None:
 @config_group.command("check")
 @config_option
 def config_check(config_path: Path) -> None:
-    """Validate the configuration file without starting anything."""
+    """Validate the configuration file without starting anything (a file without detectors is refused; an
+    API reachable beyond this machine is warned about on stderr)."""
     config = load(config_path)
-    names = ", ".join(f"{n} ({d.source.type})" for n, d in config.detectors.items()) or "none"
+    require_detectors(config, config_path)
+    names = ", ".join(f"{n} ({d.source.type})" for n, d in config.detectors.items())
     click.echo(f"{config_path}: ok; detectors: {names}; store: {config.store_url}")
+    for warning in config.http.exposure_warnings():
+        click.echo(f"warning: {warning}", err=True)

@@ -114,7 +114,8 @@ def test_the_unit_has_the_service_contract_and_the_sandbox() -> None:
     one = {key: values[-1] for key, values in d.items()}
     expected = {
         "Type": "notify", "NotifyAccess": "main", "WatchdogSec": "60s", "Restart": "on-failure", "RestartSec": "5s",
-        "TimeoutStopSec": "60s", "ExecStart": EXEC_START, "ExecReload": "/bin/kill -HUP $MAINPID", "User": "vigil",
+        "TimeoutStopSec": "60s", "MemoryHigh": "3G", "MemoryMax": "4G",  # a memory ceiling (issue 28)
+        "ExecStart": EXEC_START, "ExecReload": "/bin/kill -HUP $MAINPID", "User": "vigil",
         "Group": "vigil", "StateDirectory": "vigil", "StateDirectoryMode": "0750", "ConfigurationDirectory": "vigil",
         "WorkingDirectory": "/var/lib/vigil", "UMask": "0027",
         "ProtectSystem": "strict", "ProtectHome": "yes", "NoNewPrivileges": "yes", "PrivateTmp": "yes",
