@@ -1,23 +1,56 @@
 """`POST /v1/detectors/NAME/records`: the API's half of the http source (it reads the body, the source
-ingests it)."""
+ingests it).
+
+The source runs in worker threads of ingestion's own (`INGEST_THREADS` at a time), so that requests waiting for a
+store that cannot take writes never take the threads that reads run in; and each request waits for the store at
+most `store.write_timeout` from the moment its body is read (its wait for a thread included), then answers 503
+with `Retry-After`.
+"""
 
 from __future__ import annotations
 
+import time
+from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.concurrency import run_in_threadpool
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from detector.api.deps import error, require_token, runtime
 from detector.config import HttpSourceConfig
 from detector.daemon import Runtime
 from detector.errors import UnknownDetectorError
-from detector.sources.http import HttpSource
+from detector.sources.http import IDEMPOTENCY_KEY, BatchKeys, HttpReply, HttpSource
+from detector.store.session import write_deadline
 
-__all__ = ["router"]
+__all__ = ["INGEST_THREADS", "router"]
 
 router = APIRouter()
+
+INGEST_THREADS = 16     # ingest requests running at once; others wait for a thread (within their write timeout)
+
+
+def _ingest_threads(app: FastAPI) -> anyio.CapacityLimiter:
+    """The app's limiter of ingest threads (made in the event loop, on the first request)."""
+    limiter: anyio.CapacityLimiter | None = getattr(app.state, "ingest_threads", None)
+    if limiter is None:
+        limiter = app.state.ingest_threads = anyio.CapacityLimiter(INGEST_THREADS)
+    return limiter
+
+
+def _batch_keys(app: FastAPI) -> BatchKeys:
+    """The idempotency keys of the app's requests being stored now (made on the first request)."""
+    keys: BatchKeys | None = getattr(app.state, "batch_keys", None)
+    if keys is None:
+        keys = app.state.batch_keys = BatchKeys()
+    return keys
+
+
+def _receive(source: HttpSource, body: bytes | None, content_type: str, key: str | None, deadline: float) -> HttpReply:
+    with write_deadline(deadline):
+        return source.receive(body, content_type, key)
 
 
 async def read_body(request: Request, limit: int) -> bytes | None:
@@ -35,7 +68,8 @@ async def read_body(request: Request, limit: int) -> bytes | None:
 
 
 @router.post("/v1/detectors/{name}/records", dependencies=[Depends(require_token)],
-             summary="Ingest records (JSON array, one JSON object, or NDJSON)")
+             summary="Ingest records (JSON array, one JSON object, or NDJSON); an optional Idempotency-Key header "
+                     "makes a retried batch stored once")
 async def ingest(name: str, request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> JSONResponse:
     vigil = rt.vigil
     det = rt.config.detectors.get(name)
@@ -47,6 +81,9 @@ async def ingest(name: str, request: Request, rt: Annotated[Runtime, Depends(run
                           "only detectors with source type 'http' take records over HTTP")
     http = rt.config.http
     body = await read_body(request, http.max_body_bytes)
-    source = HttpSource(det.source, vigil.sink(name, "http"), http)
-    reply = await run_in_threadpool(source.receive, body, request.headers.get("content-type", ""))
-    return JSONResponse(reply.body, status_code=reply.status)
+    deadline = time.monotonic() + vigil.repo.write_timeout
+    source = HttpSource(det.source, vigil.sink(name, "http"), http, _batch_keys(request.app))
+    receive = partial(_receive, source, body, request.headers.get("content-type", ""),
+                      request.headers.get(IDEMPOTENCY_KEY), deadline)
+    reply = await anyio.to_thread.run_sync(receive, limiter=_ingest_threads(request.app))
+    return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers or None)

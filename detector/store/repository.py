@@ -4,17 +4,19 @@ sessions never leave the store's classes."""
 
 from __future__ import annotations
 
+import json
 import logging
-import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import ExitStack, suppress
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, exists, func, insert, or_, select
+from sqlalchemy import ColumnElement, and_, delete, exists, func, insert, or_, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from detector.errors import StorageError
 from detector.metrics import StoreSnapshot
 from detector.records import Rejection, ValidRecord
 from detector.store.bulk import (
@@ -28,6 +30,7 @@ from detector.store.bulk import (
 from detector.store.faults import storage_error
 from detector.store.models import ModelStore
 from detector.store.reviews import Reviews, outlier_page, outlier_view
+from detector.store.session import DEFAULT_WRITE_TIMEOUT_S, WriteGate, write_deadline
 from detector.store.tables import (
     MaintenanceWindowRow,
     ModelVersionRow,
@@ -37,6 +40,7 @@ from detector.store.tables import (
     WatermarkRow,
 )
 from detector.store.types import (
+    BATCH_KEY_PREFIX,
     DetectorCounts,
     IngestScores,
     OutlierFilter,
@@ -45,7 +49,7 @@ from detector.store.types import (
     ScoredRecord,
 )
 
-__all__ = ["Repository"]
+__all__ = ["Repository", "batch_outcome"]
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +83,13 @@ def _outlier_row(record_id: int, detector: str, record: ValidRecord | PendingRec
             "review_state": "unreviewed", "created_at": now, "ood": ood}
 
 
+def batch_outcome(request: str, accepted: int, rejected: Sequence[Rejection]) -> str:
+    """The value stored for a batch's idempotency key: what was asked (`request`, as the source gave it), how many
+    records were stored and each rejection as the HTTP answer shows it (JSON, ASCII: NUL and lone surrogates of a
+    rejected record come out escaped)."""
+    return json.dumps({"request": request, "accepted": accepted, "rejected": [r.to_dict() for r in rejected]})
+
+
 class Repository(ModelStore):
     """The store's API in domain terms. Every method is one transaction.
 
@@ -86,18 +97,56 @@ class Repository(ModelStore):
     come from `ModelStore`, and reviews and maintenance windows are on `reviews`.
     """
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
-        super().__init__(sessions)
-        self.reviews = Reviews(sessions)
+    def __init__(self, sessions: sessionmaker[Session], write_timeout: float | None = None) -> None:
         # SQLite has one writer at a time; threads of this process that wait for it in SQLite's busy handler
-        # sleep 1 to 100 ms per try, long after the lock is free. The hot writers (ingest, scoring) queue
-        # here instead and take the database's write lock as soon as the previous one lets it go.
+        # sleep 1 to 100 ms per try, long after the lock is free. Writers queue on the store's write gate
+        # instead (`detector.store.session`, one for this repository and its reviews) and take the database's
+        # write lock as soon as the previous one lets it go; each waits at most `write_timeout` in all.
         bind = sessions.kw.get("bind")
         self._sqlite = bind is not None and bind.dialect.name == "sqlite"
-        self._writer = threading.Lock()
+        super().__init__(sessions)
+        self._gate = WriteGate(write_timeout or DEFAULT_WRITE_TIMEOUT_S, self._sqlite)
+        self.reviews = Reviews(sessions, self._gate)
 
-    def _writing(self) -> AbstractContextManager[Any]:
-        return self._writer if self._sqlite else nullcontext()
+    @property
+    def write_timeout(self) -> float:
+        """Seconds a write waits for the store at most (`store.write_timeout`)."""
+        return self._gate.timeout
+
+    def probe_write(self, timeout: float) -> None:
+        """Check, within `timeout` seconds, that the store would take a write now; `StorageError` (or
+        `StoreBusyError`) says why not. SQLite: this process's turn to write and the database's write lock,
+        taken and let go at once (`BEGIN IMMEDIATE; ROLLBACK`); PostgreSQL: the server answers and is not
+        read-only. Nothing is written; a lock that stays held or a failed probe is kept in `state`."""
+        engine = self._sessions.kw["bind"]
+        gate = self._gate
+        try:
+            with ExitStack() as stack:
+                if self._sqlite:
+                    stack.enter_context(write_deadline(time.monotonic() + timeout))
+                    stack.enter_context(gate.hold("readiness probe"))
+                conn = stack.enter_context(engine.connect())
+                if self._sqlite:
+                    conn.exec_driver_sql(f"PRAGMA busy_timeout = {max(1, int(timeout * 1000))}")
+                    try:
+                        conn.exec_driver_sql("BEGIN IMMEDIATE")
+                        conn.exec_driver_sql("ROLLBACK")
+                    finally:
+                        with suppress(SQLAlchemyError):
+                            conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(gate.timeout * 1000)}")
+                else:
+                    conn.execute(text(f"SET LOCAL statement_timeout = {max(1, int(timeout * 1000))}"))
+                    if conn.execute(text("SELECT current_setting('transaction_read_only')")).scalar() == "on":
+                        raise StorageError("readiness probe", RuntimeError("the server is read-only"))
+        except SQLAlchemyError as exc:
+            error = storage_error("readiness probe", exc)
+            gate.state.failed("readiness probe", error)
+            raise error from exc
+        except StorageError as exc:
+            gate.state.failed("readiness probe", exc)
+            raise
+        if self._sqlite:                  # the write lock was there to take: a write now would go through
+            gate.state.committed()
 
     def dispose(self) -> None:
         """Close the pooled connections (for tools and tests; the daemon keeps them)."""
@@ -111,17 +160,21 @@ class Repository(ModelStore):
 
         With `scored` (one score per accepted record) the records are stored already scored, and the
         flagged ones as outliers, in the same transaction; without it they wait as pending for the score job.
+        A watermark named `BATCH_KEY_PREFIX + key` (a batch's idempotency key) is stored with the batch's
+        outcome: `{"request": <its value>, "accepted": n, "rejected": [...]}` (see `batch_outcome`).
         """
         now = datetime.now(UTC)
         if scored is not None and len(scored.scores) != len(accepted):
             raise ValueError(f"{len(scored.scores)} scores for {len(accepted)} accepted records")
+        if watermark is not None and watermark[0].startswith(BATCH_KEY_PREFIX):
+            watermark = (watermark[0], batch_outcome(watermark[1], len(accepted), rejected))
         rows = None
         if self._sqlite and accepted:        # formatted before queueing for the writer, which then only writes
             try:
                 rows = sqlite_rows(detector, source, accepted, now, scored)
             except SQLAlchemyError as exc:
                 raise storage_error("ingest", exc) from exc
-        with self._writing(), self._tx("ingest") as session:
+        with self._tx("ingest") as session:
             if accepted and scored is not None:
                 ids = insert_scored_records(session, detector, source, accepted, scored, now, rows)
                 if scored.outliers:
@@ -161,29 +214,22 @@ class Repository(ModelStore):
                       scorer: Callable[[list[PendingRecord]], list[ScoredRecord]]) -> list[ScoredRecord]:
         """Claim up to `limit` pending records, score them and store results and outliers atomically."""
         now = datetime.now(UTC)
-        # the claim reads; on SQLite the write lock is taken only from the first write to the commit, so that
-        # ingestion goes on while the batch is scored
-        locked = False
-        try:
-            with self._tx("score") as session:
-                pending = [PendingRecord(*row) for row in claim_pending(session, detector, limit)]
-                if not pending:
-                    return []
-                scored = scorer(pending)
-                if self._sqlite:
-                    self._writer.acquire()
-                    locked = True
-                mark_scored(session, scored, model_version_id, now)
-                by_id = {p.id: p for p in pending}
-                outliers = [_outlier_row(s.id, detector, by_id[s.id], s.score, threshold, model_version_id,
-                                         s.outlier, s.ood, now)
-                            for s in scored if s.outlier is not None]
-                if outliers:
-                    session.execute(insert(OutlierRow), outliers)
-                return scored
-        finally:
-            if locked:
-                self._writer.release()
+        # the claim reads; on SQLite the turn to write is taken only from the first write to the commit (and let
+        # go after it), so that ingestion goes on while the batch is scored
+        with ExitStack() as turn, self._tx("score", queue=False) as session:
+            pending = [PendingRecord(*row) for row in claim_pending(session, detector, limit)]
+            if not pending:
+                return []
+            scored = scorer(pending)
+            turn.enter_context(self._gate.hold("score"))
+            mark_scored(session, scored, model_version_id, now)
+            by_id = {p.id: p for p in pending}
+            outliers = [_outlier_row(s.id, detector, by_id[s.id], s.score, threshold, model_version_id,
+                                     s.outlier, s.ood, now)
+                        for s in scored if s.outlier is not None]
+            if outliers:
+                session.execute(insert(OutlierRow), outliers)
+            return scored
 
     # -- training ----------------------------------------------------------------------------
     def training_window(self, detector: str, since: datetime, limit: int,
@@ -357,8 +403,10 @@ class Repository(ModelStore):
         return [outlier_view(o, version) for o, version in rows]
 
     # -- retention ---------------------------------------------------------------------------
-    def purge(self, records_before: datetime, rejects_before: datetime) -> tuple[int, int]:
-        """Delete scored, unflagged records and rejects older than the cut-offs; outliers stay.
+    def purge(self, records_before: datetime, rejects_before: datetime,
+              batch_keys_before: datetime | None = None) -> tuple[int, int]:
+        """Delete scored, unflagged records and rejects older than the cut-offs; outliers stay. With
+        `batch_keys_before`, batch idempotency keys stored before it go too (their batches stay).
 
         A record is old when both its time and its arrival are before the cut-off, so history
         imported with old timestamps is kept for the retention period after it arrived.
@@ -368,4 +416,7 @@ class Repository(ModelStore):
                 RecordRow.state == "scored", RecordRow.is_outlier.is_(False), RecordRow.ts < records_before,
                 RecordRow.ingested_at < records_before))
             rejects = session.execute(delete(RejectRow).where(RejectRow.received_at < rejects_before))
+            if batch_keys_before is not None:
+                session.execute(delete(WatermarkRow).where(WatermarkRow.name.startswith(BATCH_KEY_PREFIX),
+                                                           WatermarkRow.updated_at < batch_keys_before))
             return int(records.rowcount or 0), int(rejects.rowcount or 0)  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
 __all__ = [
+    "BATCH_KEY_PREFIX",
     "REVIEW_STATES",
     "VERDICTS",
     "DetectorCounts",
@@ -28,6 +29,9 @@ __all__ = [
 VERDICTS = ("confirmed", "dismissed")
 REVIEW_STATES = ("unreviewed", *VERDICTS)
 SortKey = Literal["ts", "score", "ratio", "id"]
+# A watermark whose name starts with this holds a batch's idempotency key (an HTTP `Idempotency-Key`): stored with
+# its batch, it keeps the batch's outcome too, `{"request": <the value given>, "accepted": n, "rejected": [...]}`
+BATCH_KEY_PREFIX = "batch-key:"
 
 
 class PendingRecord(NamedTuple):
@@ -80,6 +84,7 @@ class ModelVersion:
     threshold: float
     meta: dict[str, Any]
     weights: bytes | None = None
+    problem: str | None = None      # why the stored metadata cannot be read (then `meta` is empty)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -260,7 +261,7 @@ def test_save_model_activates_and_retires(repo: Repository) -> None:
     active = repo.active_model("web")
     assert active is not None
     assert (active.id, active.version, active.weights, active.meta, active.threshold) == (
-        v2.id, 2, b"two", {"n": 2}, 2.0)
+        v2.id, 2, b"two", {"n": 2, "weights_sha256": hashlib.sha256(b"two").hexdigest()}, 2.0)   # checksum added
     assert repo.active_model_id("web") == v2.id
     assert [(m.version, m.status) for m in repo.list_models("web")] == [(2, "active"), (1, "retired")]
     candidate = repo.save_model("web", b"three", {}, 3.0, 10, None, None, activate=False)
