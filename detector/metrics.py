@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["SCORE_RATIO_BUCKETS", "SUPPRESSION_REASONS", "BatchHistogram", "Metrics", "StoreCollector", "StoreSnapshot"]
+__all__ = ["SCORE_RATIO_BUCKETS", "SUPPRESSION_REASONS", "TRAINING_BLOCKED_REASONS", "BatchHistogram", "Metrics",
+           "StoreCollector", "StoreSnapshot"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ TRAINING_RESULTS = ("success", "failed", "skipped", "refused")
 OOD_KINDS = ("unseen_category", "out_of_range")
 COMPONENTS = ("scoring", "training", "source", "store")
 SUPPRESSION_REASONS = ("confirmation", "deviation_floor")
+# why a detector cannot train: its training window holds no records, or fewer than training.min_records
+TRAINING_BLOCKED_REASONS = ("empty_window", "too_few_records")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,15 @@ class Metrics:
         self.training_records = Gauge(
             "vigil_training_window_records", "Records in the window of the last successful training run.",
             ["detector"], registry=registry)
+        self.training_blocked = Gauge(
+            "vigil_training_blocked",
+            "1 while the last look at a detector's training window found that it cannot train, by reason "
+            "(empty_window, too_few_records: fewer than training.min_records); 0 otherwise.",
+            ["detector", "reason"], registry=registry)
+        self.model_load_failures = Counter(
+            "vigil_model_load_failures_total",
+            "Model versions that could not be loaded (metadata or weights unreadable, checksum mismatch) and were "
+            "set aside as rejected.", ["detector"], registry=registry)
         self.training_last_success = Gauge(
             "vigil_training_last_success_timestamp_seconds", "Unix time of the last successful training run.",
             ["detector"], registry=registry)
@@ -125,6 +137,9 @@ class Metrics:
                 self.alerts_suppressed.labels(name, reason)
             for result in TRAINING_RESULTS:
                 self.training_runs.labels(name, result)
+            for reason in TRAINING_BLOCKED_REASONS:
+                self.training_blocked.labels(name, reason)
+            self.model_load_failures.labels(name)
             for kind in OOD_KINDS:
                 self.out_of_distribution.labels(name, kind)
             for verdict in ("confirmed", "dismissed"):

@@ -8,7 +8,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import chain
 from operator import itemgetter
 from typing import Any, NamedTuple
@@ -29,6 +29,7 @@ __all__ = [
     "ValidRecord",
     "parse_json_body",
     "parse_timestamp",
+    "text_problem",
 ]
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ REJECT_REASONS = (
     "malformed",
     "too_large",
     "too_many_records",
+    "too_many_fields",
     "unreadable_file",
 )
 _RAW_LIMIT = 2000
@@ -103,8 +105,9 @@ def _raw_text(raw: Any) -> str:
     return text[:_RAW_LIMIT]
 
 
-def _text_problem(text: str) -> str | None:
-    """Why a string cannot be stored as text (PostgreSQL refuses NUL; UTF-8 has no lone surrogates), or None."""
+def text_problem(text: str) -> str | None:
+    """Why a string cannot be stored as text (PostgreSQL refuses NUL; UTF-8 has no lone surrogates), or None:
+    the one rule for every text the daemon stores (record fields here, review notes in the store)."""
     if "\x00" in text:
         return "contains a NUL character"
     if not text.isascii():
@@ -115,9 +118,33 @@ def _text_problem(text: str) -> str | None:
     return None
 
 
+_text_problem = text_problem
+
+
 def _describe(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _span(seconds: float) -> str:
+    """A duration for a message: "3 s", "12 min", "1.5 h", "2,914,000 days"."""
+    if seconds >= 2 * 86400:
+        return f"{seconds / 86400:,.0f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.3g} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds:.3g} s"
+
+
+def _latest_allowed(now: datetime, max_future: float | None) -> datetime | None:
+    """The latest record time accepted at `now` (None: no limit)."""
+    if max_future is None:
+        return None
+    try:
+        return now + timedelta(seconds=max_future)
+    except OverflowError:
+        return datetime.max.replace(tzinfo=UTC)
 
 
 class _Invalid(Exception):
@@ -200,13 +227,22 @@ def _check_extra(name: str, value: Any) -> Any:
 
 
 class RecordValidator:
-    """Validates raw records against one detector's schema; never raises for bad data."""
+    """Validates raw records against one detector's schema; never raises for bad data.
 
-    def __init__(self, schema: Schema, ts_field: str = "ts", key_field: str = "key") -> None:
+    `max_future` (seconds): a record timed more than this ahead of the time it is validated is refused
+    (`bad_timestamp`); `max_extra_fields`: a record with more fields than the schema's features plus this
+    many is refused (`too_many_fields`). None: no such limit.
+    """
+
+    def __init__(self, schema: Schema, ts_field: str = "ts", key_field: str = "key", *,
+                 max_future: float | None = None, max_extra_fields: int | None = None) -> None:
         self.schema = schema
         self.ts_field = ts_field
         self.key_field = key_field
+        self.max_future = max_future
+        self.max_extra_fields = max_extra_fields
         self._features = {f.name: f for f in schema.features}
+        self.max_fields = None if max_extra_fields is None else len(self._features) + max_extra_fields
         # the column checks read features straight from the record, so no feature may be named like these
         self._columnar = ts_field != key_field and not {ts_field, key_field} & self._features.keys()
 
@@ -215,6 +251,29 @@ class RecordValidator:
         if isinstance(nested, Mapping) and "fields" not in self._features:
             return dict(nested)
         return {k: v for k, v in raw.items() if k not in (self.ts_field, self.key_field)}
+
+    def _count_fields(self, raw: Mapping[str, Any]) -> None:
+        """Refuse a record with more fields than `max_fields` (counted as `_flatten` finds them)."""
+        if self.max_fields is None:
+            return
+        nested = raw.get("fields")
+        if isinstance(nested, Mapping) and "fields" not in self._features:
+            count = len(nested)
+        else:
+            count = len(raw) - sum(name in raw for name in {self.ts_field, self.key_field})
+        if count > self.max_fields:
+            raise _Invalid(None, "too_many_fields",
+                           f"{count:,} fields, more than the {len(self._features)} features plus max_extra_fields = "
+                           f"{self.max_extra_fields} allow ({self.max_fields:,})")
+
+    def _check_time(self, ts: datetime, now: datetime) -> None:
+        """Refuse a time more than `max_future` ahead of `now`, when the receipt time is known to be now."""
+        latest = _latest_allowed(now, self.max_future)
+        if latest is not None and ts > latest:
+            raise _Invalid(self.ts_field, "bad_timestamp",
+                           f"{ts.isoformat()} is {_span((ts - now).total_seconds())} ahead of the time the record was "
+                           f"received ({now.isoformat(timespec='seconds')}); records more than max_future = "
+                           f"{_span(self.max_future or 0.0)} ahead are refused (a time without a zone is read as UTC)")
 
     def _checked_key(self, key: Any) -> str | None:
         if key is None:
@@ -234,10 +293,12 @@ class RecordValidator:
             raise _Invalid(None, "malformed", f"not valid JSON: {raw.problem}")
         if not isinstance(raw, Mapping):
             raise _Invalid(None, "not_an_object", f"expected a JSON object, got {type(raw).__name__}")
+        self._count_fields(raw)
         try:
             ts = parse_timestamp(raw.get(self.ts_field), now)
         except (ValueError, TypeError, OverflowError, OSError) as exc:
             raise _Invalid(self.ts_field, "bad_timestamp", str(exc)) from None
+        self._check_time(ts, now)
         key = self._checked_key(raw.get(self.key_field))
         values = self._flatten(raw)
         for name in values:
@@ -297,10 +358,14 @@ class _ColumnCheck:
     def __init__(self, validator: RecordValidator, raws: list[Any], now: datetime) -> None:
         self._v = validator
         self._now = now
-        self._dicts: list[dict[Any, Any]] = [raw if type(raw) is dict else {} for raw in raws]
+        self._latest = _latest_allowed(now, validator.max_future)
+        # a record with more keys than max_fields allows (besides its time and key) goes to `validate`
+        # untouched: its names are never gathered here
+        most = math.inf if validator.max_fields is None else validator.max_fields + 2
+        self._ok = [type(raw) is dict and len(raw) <= most for raw in raws]
+        self._dicts: list[dict[Any, Any]] = [raw if ok else {} for raw, ok in zip(raws, self._ok, strict=True)]
         self.block: npt.NDArray[np.float64] | None = None    # set by the all-numbers path
         self._floats = False                                   # ... when every value was a float already
-        self._ok = [type(raw) is dict for raw in raws]
 
     def _drop(self, indices: Iterable[int]) -> None:
         for i in indices:
@@ -373,6 +438,8 @@ class _ColumnCheck:
                 except (ValueError, TypeError, OverflowError, OSError):
                     self._ok[i] = False
                     ts = self._now   # unused: the record goes to `validate`
+            if self._latest is not None and ts > self._latest:
+                self._ok[i] = False  # too far ahead: `validate` refuses it
             times.append(ts)
         return times
 

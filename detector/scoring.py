@@ -24,7 +24,8 @@ from detector.errors import StorageError
 from detector.frames import records_frame, to_json_value
 from detector.records import ValidRecord
 from detector.service import Vigil
-from detector.store.types import IngestScores, MaintenanceWindow, PendingRecord, ScoredRecord
+from detector.store.models import artifact_problem
+from detector.store.types import IngestScores, MaintenanceWindow, ModelVersion, PendingRecord, ScoredRecord
 from training.errors import TrainingError
 from training.fitted import FittedModel
 from training.result import ScoreResult
@@ -45,15 +46,20 @@ class ActiveModel:
 
 
 class ModelCache:
-    """Keeps each detector's active model loaded; reloads when another version becomes active."""
+    """Keeps each detector's active model loaded; reloads when another version becomes active.
+
+    A version that cannot be loaded (its metadata or weights unreadable, its weights not the ones saved
+    with it, or not a model this code can interpret) is set aside as `rejected`, with the reason logged
+    and kept in its row, and the newest earlier version that loads becomes active instead; where none
+    does, the detector has no model and trains a first one (the score job sees to it)."""
 
     def __init__(self, vigil: Vigil) -> None:
         self._vigil = vigil
         self._models: dict[str, ActiveModel] = {}
-        self._broken: set[int] = set()
         # when each detector's active version was last read, and the store's count of model changes then
         self._checked: dict[str, tuple[float, int]] = {}
         self._lock = threading.Lock()
+        self._loading = threading.Lock()      # one load (and fall-back) at a time
 
     def get(self, name: str, max_age: float = 0.0) -> ActiveModel | None:
         """The active model of `name`, loaded once per version. With `max_age` a model whose version was
@@ -77,27 +83,72 @@ class ModelCache:
                 return None
             if cached is not None and cached.id == active_id:
                 return cached
-        if active_id in self._broken:
-            return None
-        row = self._vigil.repo.active_model(name)
-        if row is None or row.weights is None:
-            return None
-        try:
-            model = FittedModel.from_artifact(row.weights, row.meta)
-        except TrainingError as exc:
-            self._broken.add(row.id)
-            self._vigil.metrics.errors.labels("scoring").inc()
-            logger.error("active model cannot be loaded; records stay pending until another version is active",
-                         extra={"detector": name, "version": row.version, "error": str(exc)})
-            return None
-        loaded = ActiveModel(row.id, row.version, model)
-        with self._lock:
-            self._models[name] = loaded
+        return self._load_active(name)
+
+    def _load_active(self, name: str) -> ActiveModel | None:
+        """Load the active version of `name`, or set it aside and fall back (see the class)."""
+        with self._loading:
+            row = self._vigil.repo.active_model(name)
+            with self._lock:
+                cached = self._models.get(name)
+            if row is None or (cached is not None and cached.id == row.id):   # loaded by another thread meanwhile
+                return cached if row is not None else None
+            model, problem = self._load(row)
+            found = (row, model) if model is not None else self._fall_back(name, row, problem)
+            with self._lock:
+                if found is None:
+                    self._models.pop(name, None)
+                    return None
+                version, model = found
+                loaded = ActiveModel(version.id, version.version, model)
+                self._models[name] = loaded
         self._vigil.metrics.set_active_model(
-            name, row.version, model.threshold.value, model.threshold.expected_outlier_rate,
-            row.created_at.timestamp())
-        logger.info("model loaded", extra={"detector": name, "version": row.version})
+            name, loaded.version, model.threshold.value, model.threshold.expected_outlier_rate,
+            version.created_at.timestamp())
+        logger.info("model loaded", extra={"detector": name, "version": loaded.version})
         return loaded
+
+    @staticmethod
+    def _load(row: ModelVersion) -> tuple[FittedModel | None, str]:
+        """The model of a stored version (read with its weights), or None and why it cannot be loaded."""
+        problem = artifact_problem(row)
+        if problem is not None:
+            return None, problem
+        try:
+            return FittedModel.from_artifact(row.weights or b"", row.meta), ""
+        except TrainingError as exc:
+            return None, str(exc)
+
+    def _set_aside(self, name: str, row: ModelVersion, problem: str) -> None:
+        self._vigil.metrics.model_load_failures.labels(name).inc()
+        self._vigil.metrics.errors.labels("scoring").inc()
+        logger.error("model version cannot be loaded: it is set aside as rejected", extra={
+            "detector": name, "version": row.version, "status": row.status, "error": problem})
+
+    def _fall_back(self, name: str, broken: ModelVersion, problem: str) -> tuple[ModelVersion, FittedModel] | None:
+        """Set aside the active version `broken` and activate the newest other version that loads (retired
+        or candidate); that version and its model, or None where none loads (or another process changed the
+        active version meanwhile)."""
+        repo = self._vigil.repo
+        self._set_aside(name, broken, problem)
+        for version in repo.fallback_versions(name):
+            candidate = repo.get_model(name, version, with_weights=True)
+            if candidate is None:
+                continue
+            model, why = self._load(candidate)
+            if model is None:
+                self._set_aside(name, candidate, why)
+                repo.reject_model(candidate, why)
+                continue
+            if not repo.reject_model(broken, problem, fallback=candidate):
+                return None      # the active version changed meanwhile: the next look loads that one
+            logger.warning("fell back to the newest model version that loads", extra={
+                "detector": name, "version": candidate.version, "instead_of": broken.version})
+            return candidate, model
+        repo.reject_model(broken, problem)
+        logger.error("no model version of the detector can be loaded: a new one is trained",
+                     extra={"detector": name, "rejected": broken.version})
+        return None
 
 
 @dataclass(frozen=True, slots=True)

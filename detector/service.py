@@ -19,7 +19,7 @@ from detector.metrics import UNKNOWN_DETECTOR, Metrics
 from detector.records import Batch, IngestResult, RecordValidator, Rejection, ValidRecord
 from detector.review import ReviewService
 from detector.store.repository import Repository
-from detector.store.types import IngestScores
+from detector.store.types import IngestScores, ModelVersion
 
 __all__ = ["DetectorSink", "IngestScorer", "Vigil"]
 
@@ -63,7 +63,8 @@ class Vigil:
     def use_config(self, config: Config) -> None:
         """Switch to a new configuration (a reload): detectors added, removed or changed."""
         self._validators = {
-            name: RecordValidator(det.feature_schema, det.ts_field, det.key_field)
+            name: RecordValidator(det.feature_schema, det.ts_field, det.key_field, max_future=det.max_ahead,
+                                  max_extra_fields=det.max_extra_fields)
             for name, det in config.detectors.items()
         }
         self.config = config
@@ -139,6 +140,8 @@ class Vigil:
                     "threshold": model.threshold, "n_records": model.n_records,
                     "expected_outlier_rate": model.meta.get("threshold", {}).get("expected_outlier_rate"),
                 },
+                # versions set aside because they could not be loaded (newest first), and why
+                "rejected_models": [_rejected(m) for m in self.repo.rejected_models(name)],
                 "last_training": None if run is None else {
                     "result": run.result, "trigger": run.trigger, "started_at": run.started_at.isoformat(),
                     "finished_at": run.finished_at.isoformat() if run.finished_at else None,
@@ -150,6 +153,13 @@ class Vigil:
                 },
             }
         return {"detectors": detectors}
+
+
+def _rejected(model: ModelVersion) -> dict[str, Any]:
+    """A rejected version as status shows it: its number, why it could not be loaded, and when."""
+    rejected = model.meta.get("rejected") or {}
+    return {"version": model.version, "reason": rejected.get("reason") or model.problem,
+            "rejected_at": rejected.get("at"), "fallback_version": rejected.get("fallback")}
 
 
 class DetectorSink:

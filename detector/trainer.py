@@ -15,6 +15,7 @@ import pandas as pd
 from detector.config import DetectorConfig
 from detector.errors import StorageError
 from detector.frames import records_frame
+from detector.metrics import TRAINING_BLOCKED_REASONS
 from detector.scheduler import slot_served
 from detector.service import Vigil
 from detector.store.models import INTERRUPTED
@@ -30,7 +31,7 @@ from training.preprocess import Preprocessor
 from training.settings import ModelSettings, ThresholdSettings, settings_from
 from training.thresholds import tune_with_reviews
 
-__all__ = ["Trainer", "TrainingAborted", "TrainingOutcome", "settings_for"]
+__all__ = ["Trainer", "TrainingAborted", "TrainingOutcome", "settings_for", "window_anchor"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +60,20 @@ def settings_for(det: DetectorConfig) -> tuple[ModelSettings, TrainSettings, Thr
     return model, train, threshold
 
 
+def window_anchor(latest: datetime | None, det: DetectorConfig, now: datetime) -> datetime | None:
+    """Where a training window ends: the newest record, or now where that record lies ahead of now (a
+    record timed in the future must not push the window past every other record); None without records.
+    The demo source's simulated time runs ahead of the clock: its window ends at its newest record."""
+    if latest is None or det.max_ahead is None:
+        return latest
+    return min(latest, now)
+
+
 def diversity_report(repo: Repository, name: str, det: DetectorConfig, records: list[PendingRecord],
                      frame: pd.DataFrame, since: datetime) -> DiversityReport:
     """Check a detector's training window against its limits and its longer history."""
     schema = det.feature_schema
-    latest, earliest = repo.latest_ts(name), repo.earliest_ts(name)
+    latest, earliest = window_anchor(repo.latest_ts(name), det, datetime.now(UTC)), repo.earliest_ts(name)
     history = None
     if latest is not None:
         reference_since = latest - timedelta(seconds=det.diversity.reference)
@@ -87,6 +97,9 @@ class Trainer:
     def __init__(self, vigil: Vigil) -> None:
         self._vigil = vigil
         self._running: set[str] = set()
+        # per detector, why its training window is too short (a TRAINING_BLOCKED_REASONS entry) and which
+        # look found it ("first": the first-model check of the score job; "run": a training run)
+        self._short: dict[str, tuple[str, str]] = {}
         self._lock = threading.Lock()
 
     def is_running(self, name: str) -> bool:
@@ -94,22 +107,78 @@ class Trainer:
             return name in self._running
 
     def window_since(self, name: str) -> datetime | None:
-        """Start of the training window: `window` before the newest record (None when empty)."""
-        latest = self._vigil.repo.latest_ts(name)
-        if latest is None:
+        """Start of the training window: `window` before its anchor (the newest record, or now where that
+        record lies ahead of now); None when the detector has no records."""
+        det = self._vigil.detector(name)
+        anchor = window_anchor(self._vigil.repo.latest_ts(name), det, datetime.now(UTC))
+        if anchor is None:
             return None
-        return latest - timedelta(seconds=self._vigil.detector(name).training.window)
+        return anchor - timedelta(seconds=det.training.window)
 
     def ready_for_first_model(self, name: str) -> bool:
-        """True when there is no model yet, none is training, and the window holds min_records."""
-        if self.is_running(name) or self._vigil.repo.active_model_id(name) is not None:
+        """True when there is no model yet, none is training, and the window holds min_records.
+
+        A window short of min_records is reported once per change of reason (`_window_short`): a warning,
+        a `skipped` training run with the reason, and vigil_training_blocked."""
+        if self.is_running(name):
             return False
+        if self._vigil.repo.active_model_id(name) is not None:
+            self._window_ok(name, "first")        # another instance trained the first model meanwhile
+            return False
+        det = self._vigil.detector(name)
         since = self.window_since(name)
-        min_records = self._vigil.detector(name).training.min_records
-        reviewed_in = self._vigil.detector(name).review.states_into_training
-        if since is None or self._vigil.repo.count_window(name, since, reviewed_in) < min_records:
+        count = 0 if since is None else self._vigil.repo.count_window(name, since, det.review.states_into_training)
+        if count < det.training.min_records:
+            self._window_short(name, since, count, "first")
             return False
+        self._window_ok(name, "first")
         return self._backoff_over(name)
+
+    def _window_short(self, name: str, since: datetime | None, count: int, look: str) -> str:
+        """Report that `name`'s training window (from `since`; None: no records) holds only `count` records,
+        fewer than training.min_records; returns the reason as a message. Logged, published and (for the
+        first-model check, `look` "first") recorded as a skipped training run only when the reason changes,
+        not at every look."""
+        det = self._vigil.detector(name)
+        min_records = det.training.min_records
+        if since is None:
+            reason, message = "empty_window", f"no records yet: training needs min_records={min_records}"
+        else:
+            reason = "empty_window" if count == 0 else "too_few_records"
+            message = (f"window holds {count} records (since {since.isoformat(timespec='seconds')}), training "
+                       f"needs min_records={min_records}")
+        with self._lock:
+            previous = self._short.get(name)
+        if previous is not None and previous[0] == reason:
+            with self._lock:
+                self._short[name] = (reason, look)
+            return message
+        if look == "first":       # recorded first: a store that refuses it leaves the change for the next look
+            repo = self._vigil.repo
+            repo.finish_training_run(repo.start_training_run(name, "first"), "skipped", message, n_records=count)
+            self._vigil.metrics.training_runs.labels(name, "skipped").inc()
+        with self._lock:
+            self._short[name] = (reason, look)
+        self._publish_blocked(name, reason)
+        logger.warning("training window too short: no model can be trained", extra={
+            "detector": name, "reason": reason, "records": count, "min_records": min_records,
+            "window_start": since.isoformat() if since else None})
+        return message
+
+    def _window_ok(self, name: str, look: str) -> None:
+        """The window of `name` holds enough records now (or a model was trained): clear what
+        `_window_short` reported, when `look` may clear it (the first-model check clears only its own)."""
+        with self._lock:
+            previous = self._short.get(name)
+            if previous is None or (look == "first" and previous[1] != "first"):
+                return
+            del self._short[name]
+        self._publish_blocked(name, None)
+        logger.info("training window holds enough records again", extra={"detector": name})
+
+    def _publish_blocked(self, name: str, reason: str | None) -> None:
+        for each in TRAINING_BLOCKED_REASONS:
+            self._vigil.metrics.training_blocked.labels(name, each).set(1.0 if each == reason else 0.0)
 
     def _backoff_over(self, name: str) -> bool:
         """After failed or refused attempts, wait 30 s, 60 s, 120 s... (at most the training interval)."""
@@ -228,11 +297,13 @@ class Trainer:
         if len(records) < det.training.min_records:
             message = (f"window holds {len(records)} records, training needs min_records="
                        f"{det.training.min_records}")
+            self._window_short(name, since, len(records), "run")
             vigil.repo.finish_training_run(run_id, "skipped", message, n_records=len(records))
             metrics.training_runs.labels(name, "skipped").inc()
             logger.info("training skipped", extra={"detector": name, "reason": message})
             return TrainingOutcome("skipped", message)
 
+        self._window_ok(name, "run")
         frame = records_frame(records, det.feature_schema)
         report = self._check_window(name, det, records, frame, since)
         if det.diversity.policy == "block" and report.status == "fail":

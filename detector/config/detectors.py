@@ -230,6 +230,11 @@ class DetectorConfig(Section):
     source: SourceConfig
     ts_field: str = "ts"
     key_field: str = "key"
+    # a record timed more than this ahead of its arrival is refused (bad_timestamp): one far-future record
+    # would otherwise become the newest, where the training window is measured from
+    max_future: PositiveDuration = Field(default=3600.0)
+    # a record with more fields than the features plus this many is refused (too_many_fields)
+    max_extra_fields: int = Field(default=1000, ge=0, le=1_000_000)
     features: dict[str, FeatureKindName | FeatureConfig]
     model: ModelConfig = Field(default_factory=ModelConfig)
     threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
@@ -271,6 +276,12 @@ class DetectorConfig(Section):
         if unknown:
             raise ValueError(f"floors {unknown} name no numeric feature of this detector (numeric: {numeric})")
         return value
+
+    @property
+    def max_ahead(self) -> float | None:
+        """How far ahead of now a record may be timed (seconds): `max_future`, or None (no limit) for the demo
+        source, whose simulated time runs ahead of the clock by design (`speed` times faster)."""
+        return None if self.source.type == "demo" else self.max_future
 
     @cached_property
     def feature_schema(self) -> Schema:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Row, Select, Text, cast, func, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,18 +25,74 @@ from detector.store.session import SessionScope
 from detector.store.tables import ModelVersionRow, TrainingRunRow
 from detector.store.types import ModelVersion, TrainingRun
 
-__all__ = ["INTERRUPTED", "ModelStore"]
+__all__ = ["INTERRUPTED", "WEIGHTS_SHA256", "ModelStore", "artifact_problem"]
 
 INTERRUPTED = "interrupted: the daemon stopped"
+WEIGHTS_SHA256 = "weights_sha256"     # the metadata key of the weights' checksum, written by save_model
+_FALLBACK_STATUSES = ("retired", "candidate")
+
+# every column of a model version, the metadata as its stored text: one row whose metadata is not JSON must
+# not make every read of the table fail (it is parsed by `_parse_meta`, which says what is wrong with it)
+_COLUMNS = (ModelVersionRow.id, ModelVersionRow.detector, ModelVersionRow.version, ModelVersionRow.status,
+            ModelVersionRow.created_at, ModelVersionRow.activated_at, ModelVersionRow.window_start,
+            ModelVersionRow.window_end, ModelVersionRow.n_records, ModelVersionRow.threshold,
+            cast(ModelVersionRow.meta, Text).label("meta_text"))
 
 
-def _model(row: ModelVersionRow, with_weights: bool) -> ModelVersion:
+def _select(with_weights: bool) -> Select[Any]:
+    return select(*_COLUMNS, ModelVersionRow.weights) if with_weights else select(*_COLUMNS)
+
+
+def _parse_meta(stored: str | None) -> tuple[dict[str, Any], str | None]:
+    """A version's metadata from its stored text, or an empty one and why it cannot be read."""
+    if stored is None:
+        return {}, "its metadata is missing"
+    try:
+        meta = json.loads(stored)
+    except ValueError as exc:
+        return {}, f"its metadata is not JSON ({exc})"
+    if not isinstance(meta, dict):
+        return {}, f"its metadata is a JSON {type(meta).__name__}, not an object"
+    return meta, None
+
+
+def _version(row: Row[Any], with_weights: bool) -> ModelVersion:
+    """A model version from a row of `_select`."""
+    meta, problem = _parse_meta(row.meta_text)
+    return ModelVersion(
+        id=row.id, detector=row.detector, version=row.version, status=row.status,
+        created_at=row.created_at, activated_at=row.activated_at, window_start=row.window_start,
+        window_end=row.window_end, n_records=row.n_records, threshold=row.threshold, meta=meta,
+        weights=row.weights if with_weights else None, problem=problem,
+    )
+
+
+def _model(row: ModelVersionRow) -> ModelVersion:
+    """A model version from the row object this process just wrote (its metadata is the dict it was given)."""
     return ModelVersion(
         id=row.id, detector=row.detector, version=row.version, status=row.status,
         created_at=row.created_at, activated_at=row.activated_at, window_start=row.window_start,
         window_end=row.window_end, n_records=row.n_records, threshold=row.threshold, meta=row.meta,
-        weights=row.weights if with_weights else None,
     )
+
+
+def artifact_problem(model: ModelVersion) -> str | None:
+    """Why a stored version (read with its weights) cannot be loaded, as far as the store can tell: its
+    metadata is unreadable, its weights were pruned, or they are not the bytes saved with it (their SHA-256
+    differs from the checksum in its metadata). None: the model library may try it. Versions saved before
+    checksums were written have none, and are not checked."""
+    if model.problem is not None:
+        return model.problem
+    if not model.weights:
+        return "it has no weights (pruned)"
+    expected = model.meta.get(WEIGHTS_SHA256)
+    if expected is None:
+        return None
+    actual = hashlib.sha256(model.weights).hexdigest()
+    if actual != expected:
+        return (f"its weights do not match the checksum saved with them (SHA-256 {actual[:16]}..., saved "
+                f"{str(expected)[:16]}...): they were changed or replaced")
+    return None
 
 
 def _run(row: TrainingRunRow, version: int | None) -> TrainingRun:
@@ -143,6 +201,7 @@ class ModelStore(SessionScope):
         transaction, so that no crash can leave a model whose run a restart records as failed.
         """
         now = datetime.now(UTC)
+        meta = {**meta, WEIGHTS_SHA256: hashlib.sha256(weights).hexdigest()}
         with self._tx("save model") as session:
             last = session.scalar(select(func.max(ModelVersionRow.version))
                                   .where(ModelVersionRow.detector == detector)) or 0
@@ -160,7 +219,7 @@ class ModelStore(SessionScope):
                 session.execute(update(TrainingRunRow).where(TrainingRunRow.id == run_id).values(
                     result="success", finished_at=now, model_version_id=row.id,
                     message=f"model version {row.version} {'active' if activate else 'saved'}"))
-            saved = _model(row, with_weights=False)
+            saved = _model(row)
         if activate:
             self.model_changes += 1
         return saved
@@ -169,19 +228,21 @@ class ModelStore(SessionScope):
         """Make `version` the active model of `detector` (the active one is retired) in one transaction."""
         now = datetime.now(UTC)
         with self._tx("promote model") as session:
-            row = session.scalar(select(ModelVersionRow).where(
-                ModelVersionRow.detector == detector, ModelVersionRow.version == version).with_for_update())
-            if row is None:
+            found = session.execute(select(
+                ModelVersionRow.id, ModelVersionRow.status, func.length(ModelVersionRow.weights).label("size"))
+                .where(ModelVersionRow.detector == detector, ModelVersionRow.version == version)
+                .with_for_update()).first()
+            if found is None:
                 raise UnknownModelVersionError(detector, version)
-            if row.status == "pruned" or not row.weights:
+            if found.status == "pruned" or not found.size:
                 raise ModelPrunedError(detector, version)
-            if row.status != "active":
+            if found.status != "active":
                 session.execute(update(ModelVersionRow).where(
                     ModelVersionRow.detector == detector, ModelVersionRow.status == "active"
                 ).values(status="retired"))
-                row.status, row.activated_at = "active", now
-            session.flush()
-            promoted = _model(row, with_weights=False)
+                session.execute(update(ModelVersionRow).where(ModelVersionRow.id == found.id).values(
+                    status="active", activated_at=now))
+            promoted = _version(session.execute(_select(False).where(ModelVersionRow.id == found.id)).one(), False)
         self.model_changes += 1
         return promoted
 
@@ -209,26 +270,70 @@ class ModelStore(SessionScope):
             ).values(status="pruned", weights=b""))
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
+    def reject_model(self, model: ModelVersion, reason: str, fallback: ModelVersion | None = None) -> bool:
+        """Set aside a version that cannot be loaded: its status becomes `rejected` and its metadata (where
+        readable) records why. Where it was the active version and `fallback` is given, that version becomes
+        active in the same transaction. True when it did (False: `model` was no longer active, another
+        process changed the active version, or `fallback` is no longer usable; then nothing is activated)."""
+        now = datetime.now(UTC)
+        values: dict[str, Any] = {"status": "rejected"}
+        if model.problem is None:      # unreadable metadata stays as it is, for a person to look at
+            values["meta"] = {**model.meta, "rejected": {
+                "reason": reason, "at": now.isoformat(), "fallback": fallback.version if fallback else None}}
+        row = ModelVersionRow
+        with self._tx("reject model") as session:
+            was_active = _count(session.execute(update(row).where(
+                row.id == model.id, row.status == "active").values(**values))) == 1
+            if not was_active:
+                session.execute(update(row).where(row.id == model.id, row.status.in_(_FALLBACK_STATUSES))
+                                .values(**values))
+            activated = was_active and fallback is not None and _count(session.execute(update(row).where(
+                row.id == fallback.id, row.status.in_(_FALLBACK_STATUSES), func.length(row.weights) > 0,
+            ).values(status="active", activated_at=now))) == 1
+        if was_active:
+            self.model_changes += 1
+        return activated
+
+    def fallback_versions(self, detector: str) -> list[int]:
+        """The versions a broken active one may fall back to (retired or candidate, with weights), newest first."""
+        with self._read("list fallback models") as session:
+            return list(session.scalars(select(ModelVersionRow.version).where(
+                ModelVersionRow.detector == detector, ModelVersionRow.status.in_(_FALLBACK_STATUSES),
+                func.length(ModelVersionRow.weights) > 0).order_by(ModelVersionRow.version.desc())))
+
+    def rejected_models(self, detector: str, limit: int = 5) -> list[ModelVersion]:
+        """The newest versions set aside because they could not be loaded."""
+        with self._read("list rejected models") as session:
+            rows = session.execute(_select(False).where(
+                ModelVersionRow.detector == detector, ModelVersionRow.status == "rejected")
+                .order_by(ModelVersionRow.version.desc()).limit(limit)).all()
+        return [_version(r, False) for r in rows]
+
     def active_model(self, detector: str, with_weights: bool = True) -> ModelVersion | None:
         with self._read("read active model") as session:
-            row = session.scalar(select(ModelVersionRow).where(
-                ModelVersionRow.detector == detector, ModelVersionRow.status == "active"))
-            return _model(row, with_weights) if row else None
+            row = session.execute(_select(with_weights).where(
+                ModelVersionRow.detector == detector, ModelVersionRow.status == "active")).first()
+            return _version(row, with_weights) if row else None
 
     def active_model_id(self, detector: str) -> int | None:
         with self._read("read active model") as session:
             return session.scalar(select(ModelVersionRow.id).where(
                 ModelVersionRow.detector == detector, ModelVersionRow.status == "active"))
 
-    def get_model(self, detector: str, version: int) -> ModelVersion | None:
+    def get_model(self, detector: str, version: int, with_weights: bool = False) -> ModelVersion | None:
         with self._read("read model") as session:
-            row = session.scalar(select(ModelVersionRow).where(
-                ModelVersionRow.detector == detector, ModelVersionRow.version == version))
-            return _model(row, with_weights=False) if row else None
+            row = session.execute(_select(with_weights).where(
+                ModelVersionRow.detector == detector, ModelVersionRow.version == version)).first()
+            return _version(row, with_weights) if row else None
 
     def list_models(self, detector: str | None = None, limit: int = 100) -> list[ModelVersion]:
-        stmt = select(ModelVersionRow).order_by(ModelVersionRow.detector, ModelVersionRow.version.desc())
+        stmt = _select(False).order_by(ModelVersionRow.detector, ModelVersionRow.version.desc())
         if detector:
             stmt = stmt.where(ModelVersionRow.detector == detector)
         with self._read("list models") as session:
-            return [_model(r, False) for r in session.scalars(stmt.limit(limit))]
+            return [_version(r, False) for r in session.execute(stmt.limit(limit))]
+
+
+def _count(result: Any) -> int:
+    """The number of rows an UPDATE matched."""
+    return int(result.rowcount or 0)

@@ -192,9 +192,11 @@ def test_three_daemons_share_one_postgresql_store(tmp_path: Path, database: str)
         daemons[0].wait_for(same_everywhere, 30, "the same /v1/status from every instance")
         assert statuses[0]["model"]["version"] == active.version
         assert statuses[0]["outliers"] == outliers
-        for d in daemons:
-            assert d.metric("vigil_model_info", detector="web", version=str(active.version)) == 1.0
-            assert d.post([seq_record(10**6 + d.port)]).status_code == 200     # and accepts writes
+        for d in daemons:       # each instance loads a version another one trained at its next score job (1 s)
+            d.wait_for(lambda d=d: d.metric("vigil_model_info", detector="web", version=str(active.version)) == 1.0,
+                       10, f"version {active.version} in vigil_model_info")
+            # and accepts writes (a seq of its own, timed before the others: not beyond max_future ahead)
+            assert d.post([seq_record(-d.port)]).status_code == 200
 
         for d in daemons:
             assert d.terminate() == 0
