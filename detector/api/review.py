@@ -5,27 +5,31 @@ Each route is a thin HTTP layer over `detector.review.ReviewService` (the same s
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.responses import Response
+from starlette.responses import StreamingResponse
 
 from detector.api.deps import read_access, require_token, runtime
 from detector.daemon import Runtime
-from detector.errors import InvalidWindowError, UnknownMaintenanceWindowError, UnknownOutlierError
-from detector.review import ReviewService, VerdictResult, detail_json, outlier_json
+from detector.errors import InvalidWindowError, UnknownMaintenanceWindowError, UnknownOutlierError, VigilError
+from detector.review import CsvExport, ReviewService, VerdictResult, detail_json, outlier_json
 from detector.store.types import OutlierFilter
 
 __all__ = ["router"]
+
+logger = logging.getLogger(__name__)
 
 ReviewState = Literal["unreviewed", "confirmed", "dismissed"]
 # SQL integers are 64-bit: a larger id or offset made the SQLite driver raise OverflowError (a 500)
 _INT64 = {"ge": -(2**63), "le": 2**63 - 1}
 SqlInt = Annotated[int, Field(**_INT64)]
-Verdict = Literal["confirmed", "dismissed"]
+Verdict = Literal["confirmed", "dismissed", "unreviewed"]      # unreviewed takes a verdict back
 
 router = APIRouter(dependencies=[Depends(read_access)])
 
@@ -84,11 +88,26 @@ async def export_csv(
     service: Reviews, detector: str | None = None, since: datetime | None = None, until: datetime | None = None,
     review_state: ReviewState | None = None, min_score: float | None = None, min_ratio: float | None = None,
     key: str | None = None, limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
-) -> Response:
+) -> StreamingResponse:
+    """Streamed: the store is read a page at a time in a worker thread, so an export holds one page in
+    memory and never blocks the event loop. The first page is read before the answer starts, so a store
+    that cannot answer is still a 503."""
     f = _filter(service, detector, since, until, review_state, min_score, min_ratio, key)
-    text, _ = await run_in_threadpool(service.export_csv, f, limit)
-    return Response(text, media_type="text/csv",
-                    headers={"Content-Disposition": 'attachment; filename="outliers.csv"'})
+    export = service.export(f, limit)
+    first = await run_in_threadpool(export.next_chunk)
+    return StreamingResponse(_chunks(export, first), media_type="text/csv; charset=utf-8",
+                             headers={"Content-Disposition": 'attachment; filename="outliers.csv"'})
+
+
+async def _chunks(export: CsvExport, first: str | None) -> AsyncIterator[str]:
+    chunk = first
+    try:
+        while chunk is not None:
+            yield chunk
+            chunk = await run_in_threadpool(export.next_chunk)
+    except VigilError as exc:               # the answer has started: all that is left is to cut it short
+        logger.warning("CSV export cut short", extra={"rows": export.written, "error": str(exc)})
+        raise
 
 
 @router.get("/v1/outliers/{outlier_id}", summary="One outlier in full, with its model and the key's scores")
@@ -105,7 +124,7 @@ async def _verdict(service: ReviewService, ids: list[int], req: ReviewRequest) -
 
 
 @router.post("/v1/outliers/{outlier_id}/review", dependencies=[Depends(require_token)],
-             summary="Confirm or dismiss one outlier")
+             summary="Confirm or dismiss one outlier (or take its verdict back: unreviewed)")
 async def review_one(outlier_id: Annotated[int, Path(**_INT64)], req: ReviewRequest,
                      service: Reviews) -> dict[str, Any]:
     result = await _verdict(service, [outlier_id], req)
@@ -115,7 +134,7 @@ async def review_one(outlier_id: Annotated[int, Path(**_INT64)], req: ReviewRequ
 
 
 @router.post("/v1/outliers/review", dependencies=[Depends(require_token)],
-             summary="Confirm or dismiss several outliers at once")
+             summary="Confirm or dismiss several outliers at once (or take their verdicts back)")
 async def review_many(req: BulkReviewRequest, service: Reviews) -> dict[str, Any]:
     return (await _verdict(service, req.ids, req)).to_dict()
 

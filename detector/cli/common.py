@@ -1,7 +1,9 @@
-"""Pieces shared by the command-line modules: the --config option, config loading, times, tables."""
+"""Pieces shared by the command-line modules: the --config option, config loading, detector names, times,
+tables and their cells."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -16,7 +18,8 @@ from detector.errors import UnknownDetectorError
 from detector.records import parse_timestamp
 from detector.review import ReviewService
 
-__all__ = ["config_option", "known_detector", "load", "parse_time", "prepare_torch", "review_service", "short", "table"]
+__all__ = ["DetectorCommand", "DetectorGroup", "config_option", "known_detector", "load", "parse_time",
+           "prepare_torch", "review_service", "short", "table"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,9 +49,36 @@ def prepare_torch(daemon: DaemonConfig) -> None:
         torch.set_num_threads(daemon.torch_threads)
 
 
+class DetectorCommand(click.Command):
+    """A command that takes a detector name: an unknown one is a usage error (exit status 2) that names it
+    and the configured detectors, whichever command and whichever step of it finds out."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UnknownDetectorError as exc:
+            param = next((p for p in self.params if p.name == "detector"), None)
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+class DetectorGroup(click.Group):
+    """A command group whose commands are `DetectorCommand`s."""
+
+    command_class = DetectorCommand
+
+
 def short(value: Any) -> str:
-    """A value for a table cell: floats to 4 significant digits."""
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    """A value for a table cell: none as '-', whole numbers (2.0, 39340.0) as integers, numbers of 1,000
+    and over to the unit, other floats to 4 significant digits; never an exponent between 1e-4 and 1e15."""
+    if value is None:
+        return "-"
+    if not isinstance(value, float) or not math.isfinite(value):
+        return str(value)
+    if abs(value) >= 1e15 or (value != 0 and abs(value) < 1e-4):
+        return f"{value:.4g}"
+    if value.is_integer() or abs(value) >= 1000:
+        return str(round(value))
+    return f"{value:.4g}"
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -59,8 +89,6 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-
-
 def known_detector(detectors: Mapping[str, DetectorConfig], name: str) -> DetectorConfig:
     """The config of detector `name`; `UnknownDetectorError` when it is not configured."""
     if name not in detectors:
@@ -69,7 +97,7 @@ def known_detector(detectors: Mapping[str, DetectorConfig], name: str) -> Detect
 
 
 def parse_time(value: str, option: str) -> datetime:
-    """An ISO 8601 time (local time when it names no zone) or Unix seconds given to `option`."""
+    """An ISO 8601 time (UTC when it names no zone) or Unix seconds given to `option`."""
     try:
         return parse_timestamp(value, datetime.now().astimezone())
     except (ValueError, TypeError) as exc:

@@ -10,7 +10,7 @@ from typing import Any
 import click
 import pandas as pd
 
-from detector.cli.common import config_option, known_detector, load, short, table
+from detector.cli.common import DetectorCommand, config_option, known_detector, load, short, table
 from detector.config import DetectorConfig, ModelConfig
 from detector.errors import NoRecordsError
 
@@ -69,7 +69,18 @@ def _report_for_file(path: Path, det: DetectorConfig | None) -> tuple[dict[str, 
     return report.to_dict(), rejected
 
 
-@click.command("check-data")
+def _check_rows(checks: list[dict[str, Any]]) -> list[list[str]]:
+    """One table row per check; a check that could not run (no value) shows as skipped, with why."""
+    rows = []
+    for c in checks:
+        skipped = c["value"] is None
+        status = "skipped" if skipped else c["status"]
+        message = c["message"] if skipped or c["status"] != "ok" else ""
+        rows.append([c["check"], status, c["feature"] or "", short(c["value"]), short(c["limit"]), message])
+    return rows
+
+
+@click.command("check-data", cls=DetectorCommand)
 @click.argument("detector", required=False)
 @click.option("--file", "file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Check this CSV, Parquet or NDJSON file as if it were the training window.")
@@ -92,9 +103,7 @@ def check_data(detector: str | None, file: Path | None, as_json: bool, config_pa
     if as_json:
         click.echo(json.dumps({"status": report["status"], "checks": report["checks"]}, indent=2))
     else:
-        rows = [[c["check"], c["status"], c["feature"] or "", short(c["value"]), short(c["limit"]),
-                 c["message"] if c["status"] != "ok" else ""] for c in report["checks"]]
-        click.echo(table(["check", "status", "feature", "value", "limit", "message"], rows))
+        click.echo(table(["check", "status", "feature", "value", "limit", "message"], _check_rows(report["checks"])))
         click.echo(f"\nwindow: {report['status']}" + (f"; {rejected} records rejected by the schema" if rejected
                                                        else ""))
     if report["status"] == "fail":

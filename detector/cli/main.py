@@ -15,7 +15,7 @@ from detector.cli.offline import evaluate, report, score, tune
 from detector.cli.outliers import outliers
 from detector.cli.run import config_group, db, run
 from detector.cli.status import status
-from detector.errors import ConfigError, VigilError
+from detector.errors import ConfigError, UnknownDetectorError, VigilError
 
 __all__ = ["cli", "main"]
 
@@ -25,8 +25,9 @@ __all__ = ["cli", "main"]
 def cli() -> None:
     """Vigil: an anomaly-detection monitoring daemon.
 
-    It learns what normal records look like with an autoencoder, scores every new record by
-    reconstruction error, and stores and explains the outliers.
+    It learns what normal records look like (an autoencoder and a memory of normal neighbours), scores
+    every new record by how unlike them it is (by default the hybrid score: reconstruction error,
+    distance and density of its nearest normal records), and stores and explains the outliers.
     """
 
 for command in (run, status, train, score, outliers, models, check_data, evaluate, maintenance, report, tune, db,
@@ -35,7 +36,8 @@ for command in (run, status, train, score, outliers, models, check_data, evaluat
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point: one-line errors with exit status 2 for bad config, 1 for other failures."""
+    """Entry point: one-line errors with exit status 2 for bad config, usage and unknown detectors, 1 for
+    other failures."""
     try:
         cli.main(args=argv, prog_name="vigil", standalone_mode=False)
     except click.exceptions.Abort:
@@ -44,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
-    except ConfigError as exc:
+    except (ConfigError, UnknownDetectorError) as exc:
         click.echo(f"vigil: {exc}", err=True)
         sys.exit(2)
     except VigilError as exc:

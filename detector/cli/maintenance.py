@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
-from detector.cli.common import config_option, load, parse_time, review_service, table
+from detector.cli.common import DetectorGroup, config_option, known_detector, load, parse_time, review_service, table
 from detector.errors import InvalidWindowError
 
 __all__ = ["maintenance"]
 
 
-@click.group()
+@click.group(cls=DetectorGroup)
 def maintenance() -> None:
     """Maintenance windows: time ranges whose records are neither flagged nor trained on."""
 
@@ -25,9 +26,7 @@ def maintenance() -> None:
 @config_option
 def maintenance_add(detector: str, start: str, end: str, reason: str | None, config_path: Path) -> None:
     """Declare a maintenance window for DETECTOR."""
-    config = load(config_path)
-    if detector not in config.detectors:
-        raise click.BadParameter(f"unknown detector {detector!r}", param_hint="DETECTOR")
+    known_detector(load(config_path).detectors, detector)
     try:
         window = review_service(config_path).add_window(detector, parse_time(start, "--start"),
                                                         parse_time(end, "--end"), reason)
@@ -38,10 +37,17 @@ def maintenance_add(detector: str, start: str, end: str, reason: str | None, con
 
 @maintenance.command("list")
 @click.argument("detector")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
 @config_option
-def maintenance_list(detector: str, config_path: Path) -> None:
+def maintenance_list(detector: str, as_json: bool, config_path: Path) -> None:
     """The maintenance windows of DETECTOR."""
-    windows = review_service(config_path).windows(detector)
+    service = review_service(config_path)
+    service.check_detector(detector)
+    windows = service.windows(detector)
+    if as_json:
+        for w in windows:
+            click.echo(json.dumps(w.to_dict()))
+        return
     rows = [[w.id, w.start.isoformat(), w.end.isoformat(), w.reason or ""] for w in windows]
     click.echo(table(["id", "start", "end", "reason"], rows) if rows else "no maintenance windows")
 
@@ -52,5 +58,7 @@ def maintenance_list(detector: str, config_path: Path) -> None:
 @config_option
 def maintenance_remove(detector: str, window_id: int, config_path: Path) -> None:
     """Remove maintenance window WINDOW_ID of DETECTOR."""
-    review_service(config_path).delete_window(detector, window_id)
+    service = review_service(config_path)
+    service.check_detector(detector)
+    service.delete_window(detector, window_id)
     click.echo(f"removed maintenance window {window_id}")

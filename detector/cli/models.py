@@ -10,16 +10,26 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from detector.cli.common import config_option, known_detector, load, prepare_torch, short, table
+from detector.cli.common import (
+    DetectorCommand,
+    DetectorGroup,
+    config_option,
+    known_detector,
+    load,
+    prepare_torch,
+    short,
+    table,
+)
 from detector.errors import UnknownModelVersionError
 
 if TYPE_CHECKING:
     from detector.store.repository import Repository
+    from training.loop import EpochStats
 
 __all__ = ["models", "train"]
 
 
-@click.group()
+@click.group(cls=DetectorGroup)
 def models() -> None:
     """Model versions."""
 
@@ -27,14 +37,25 @@ def models() -> None:
 @models.command("list")
 @config_option
 @click.option("--detector", "-d", help="Only this detector.")
-def models_list(config_path: Path, detector: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines instead of a table.")
+def models_list(config_path: Path, detector: str | None, as_json: bool) -> None:
     """Model versions with status, threshold, window size and validation loss."""
     from detector.store.db import open_repository
 
     config = load(config_path)
+    if detector is not None:
+        known_detector(config.detectors, detector)
     rows = open_repository(config.store_url).list_models(detector)
+    if as_json:
+        for m in rows:
+            report = m.meta.get("report", {})
+            click.echo(json.dumps({"detector": m.detector, "version": m.version, "status": m.status,
+                                   "created_at": _iso(m.created_at), "activated_at": _iso(m.activated_at),
+                                   "threshold": m.threshold, "records": m.n_records,
+                                   "val_loss": report.get("val_loss"), "device": report.get("device")}))
+        return
     cells = [[m.detector, f"v{m.version}", m.status, m.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-              f"{m.threshold:.4g}", m.n_records, m.meta.get("report", {}).get("val_loss"),
+              short(m.threshold), m.n_records, short(m.meta.get("report", {}).get("val_loss")),
               m.meta.get("report", {}).get("device")] for m in rows]
     click.echo(table(["detector", "version", "status", "trained", "threshold", "records", "val loss",
                        "device"], cells) if cells else "no models yet")
@@ -116,7 +137,37 @@ def models_show(version: int, detector: str | None, as_json: bool, config_path: 
     click.echo("\n".join(lines))
 
 
-@click.command()
+class _EpochProgress:
+    """The progress bar of `vigil train`: epochs of the network being trained, out of model.epochs.
+
+    A run may train several networks (the first window's screening fit, the calibration folds): each starts
+    the bar again. Early stopping ends a network before model.epochs: the bar then ends full at the epochs
+    that ran (never past them), and its label says it stopped early."""
+
+    def __init__(self, bar: Any, detector: str, epochs: int) -> None:
+        self._bar, self._detector, self._epochs = bar, detector, epochs
+        self._network = 0
+        self._last_epoch = 0
+
+    def on_epoch(self, stats: EpochStats) -> None:
+        if stats.epoch <= self._last_epoch or self._network == 0:
+            self._network += 1
+            self._bar.pos, self._bar.finished = 0, False
+        self._last_epoch = stats.epoch
+        network = f", network {self._network}" if self._network > 1 else ""
+        self._bar.label = f"training {self._detector}{network} (val loss {stats.val_loss:.4g})"
+        self._bar.update(min(stats.epoch, self._epochs) - self._bar.pos)
+
+    def finish(self) -> None:
+        if 0 < self._last_epoch < self._epochs:
+            self._bar.label = (f"training {self._detector}: stopped early at epoch {self._last_epoch} "
+                               f"of at most {self._epochs}")
+            self._bar.length = self._bar.pos = self._last_epoch
+            self._bar.finished = True
+            self._bar.render_progress()
+
+
+@click.command(cls=DetectorCommand)
 @click.argument("detector")
 @config_option
 def train(detector: str, config_path: Path) -> None:
@@ -130,18 +181,15 @@ def train(detector: str, config_path: Path) -> None:
     from detector.trainer import Trainer
 
     config = load(config_path)
+    det = known_detector(config.detectors, detector)
     setup_logging("warning", "text", sys.stderr)
     prepare_torch(config.daemon)
     vigil = Vigil(config, open_repository(config.store_url), Metrics(CollectorRegistry()))
-    det = vigil.detector(detector)
     with click.progressbar(length=det.model.epochs, label=f"training {detector}",
                            show_pos=True, file=sys.stderr) as bar:
-        def on_epoch(stats: Any) -> None:
-            bar.label = f"training {detector} (val loss {stats.val_loss:.4g})"
-            bar.update(1)
-
-        outcome = Trainer(vigil).train(detector, "manual", on_epoch=on_epoch)
-        bar.update(det.model.epochs)
+        progress = _EpochProgress(bar, detector, det.model.epochs)
+        outcome = Trainer(vigil).train(detector, "manual", on_epoch=progress.on_epoch)
+        progress.finish()
     click.echo(f"{outcome.result}: {outcome.message}")
     if outcome.result != "success":
         sys.exit(1)

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from detector.cli.common import config_option, load, prepare_torch, table
+from detector.cli.common import DetectorCommand, config_option, known_detector, load, prepare_torch, short, table
 from detector.config import DaemonConfig, DetectorConfig
-from detector.errors import UnknownDetectorError
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from detector.offline.tune import TuningResult
 
 __all__ = ["evaluate", "ranked_table", "report", "score", "tune"]
@@ -21,7 +22,26 @@ __all__ = ["evaluate", "ranked_table", "report", "score", "tune"]
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
-@click.command()
+def scores_table(frame: pd.DataFrame) -> str:
+    """`vigil score`'s rows as a text table: numbers to 4 significant digits, the flag as yes/no."""
+    rows = [[("yes" if v else "no") if col == "is_outlier" else short(v) for col, v in zip(frame.columns, values,
+                                                                                          strict=True)]
+            for values in frame.itertuples(index=False, name=None)]
+    return table([str(c) for c in frame.columns], rows)
+
+
+def scores_csv(frame: pd.DataFrame) -> str:
+    """`vigil score`'s rows as CSV, text cells made spreadsheet-safe as in the outliers export."""
+    from detector.review import spreadsheet_safe
+
+    safe = frame.copy()
+    for column in safe.select_dtypes(include="object").columns:
+        safe[column] = safe[column].map(spreadsheet_safe)
+    text: str = safe.to_csv(index=False)
+    return text
+
+
+@click.command(cls=DetectorCommand)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--detector", "-d", required=True, help="Detector whose active model scores the file.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv"]), default="table", show_default=True)
@@ -30,15 +50,19 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @config_option
 def score(file: Path, detector: str, fmt: str, output: Path | None, outliers_only: bool,
           config_path: Path) -> None:
-    """Score FILE (CSV, Parquet or NDJSON) offline with the active model of a detector."""
+    """Score FILE (CSV, Parquet or NDJSON) offline with the active model of a detector.
+
+    Exit status 1 when no record of FILE could be scored (every one rejected, or none there).
+    """
     from detector.offline.score import score_file
 
     config = load(config_path)
+    known_detector(config.detectors, detector)
     prepare_torch(config.daemon)
     frame, summary = score_file(config, detector, file)
     if outliers_only:
         frame = frame[frame["is_outlier"]]
-    text = frame.to_csv(index=False) if fmt == "csv" else frame.to_string(index=False, max_rows=None) + "\n"
+    text = scores_csv(frame) if fmt == "csv" else scores_table(frame) + "\n"
     if output:
         output.write_text(text, encoding="utf-8")
     else:
@@ -46,7 +70,7 @@ def score(file: Path, detector: str, fmt: str, output: Path | None, outliers_onl
     click.echo(summary, err=True)
 
 
-@click.command()
+@click.command(cls=DetectorCommand)
 @click.argument("train_file", metavar="TRAIN", type=_FILE)
 @click.argument("test_file", metavar="TEST", type=_FILE)
 @click.option("--detector", "-d", help="Train with this detector's model, threshold and training settings "
@@ -73,9 +97,7 @@ def evaluate(train_file: Path, test_file: Path, detector: str | None, config_pat
     daemon = DaemonConfig()
     if detector is not None:
         config = load(config_path)
-        if detector not in config.detectors:
-            raise UnknownDetectorError(detector, list(config.detectors))
-        det, daemon = config.detectors[detector], config.daemon
+        det, daemon = known_detector(config.detectors, detector), config.daemon
     prepare_torch(daemon)
     try:
         result = evaluate_files(train_file, test_file, det, detector, label_column, target_fpr)
@@ -87,7 +109,7 @@ def evaluate(train_file: Path, test_file: Path, detector: str | None, config_pat
     click.echo(result.summary())
 
 
-@click.command("report")
+@click.command("report", cls=DetectorCommand)
 @click.argument("detector")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
               help="HTML file to write (default: vigil-report-DETECTOR.html).")
@@ -102,6 +124,7 @@ def report(detector: str, output: Path | None, records: int, top: int, config_pa
     from detector.offline.report import write_report
 
     config = load(config_path)
+    known_detector(config.detectors, detector)
     prepare_torch(config.daemon)
     path = output or Path(f"vigil-report-{detector}.html")
     data = write_report(config, detector, path, records, top)
@@ -139,7 +162,7 @@ def ranked_table(result: TuningResult) -> str:
             "(* the configured shape)\n\n" + table(headers, rows) + note)
 
 
-@click.command("tune")
+@click.command("tune", cls=DetectorCommand)
 @click.argument("detector")
 @click.option("--depths", default="1,2,3", show_default=True, help="Hidden layer counts to try.")
 @click.option("--latents", default="2,4,8", show_default=True, help="Latent sizes to try.")
@@ -161,6 +184,7 @@ def tune(detector: str, depths: str, latents: str, variants: str | None, epochs:
     from detector.offline.tune import CandidateResult, Grid, model_snippet, run_tuning
 
     config = load(config_path)
+    known_detector(config.detectors, detector)
     setup_logging("warning", "text", sys.stderr)
     prepare_torch(config.daemon)
     try:

@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from detector.cli.common import config_option, load, parse_time, review_service, short, table
+from detector.cli.common import (
+    DetectorGroup,
+    config_option,
+    known_detector,
+    load,
+    parse_time,
+    review_service,
+    short,
+    table,
+)
 from detector.review import outlier_json
 
 __all__ = ["outliers"]
 
 
-@click.group()
+OTHER_FIELDS_SHOWN = 50     # `outliers show`: extra (non-feature) fields listed; --json gives them all
+
+
+@click.group(cls=DetectorGroup)
 def outliers() -> None:
     """Flagged outliers."""
 
@@ -30,8 +43,8 @@ def outliers_list(config_path: Path, detector: str | None, limit: int, as_json: 
     from detector.store.db import open_repository
 
     config = load(config_path)
-    if detector and detector not in config.detectors:
-        raise click.BadParameter(f"unknown detector {detector!r}", param_hint="--detector")
+    if detector is not None:
+        known_detector(config.detectors, detector)
     rows = open_repository(config.store_url).list_outliers(detector, None, limit)
     if as_json:
         for o in rows:
@@ -84,7 +97,10 @@ def outliers_show(outlier_id: int, as_json: bool, config_path: Path) -> None:
     features = {*o.expected, *(c["feature"] for c in o.contributions)}
     others = {k: v for k, v in o.fields.items() if k not in features}
     if others:
-        click.echo("\nother fields: " + ", ".join(f"{k}={short(v)}" for k, v in others.items()))
+        shown = list(others.items())[:OTHER_FIELDS_SHOWN]
+        more = len(others) - len(shown)
+        click.echo("\nother fields: " + ", ".join(f"{k}={short(v)}" for k, v in shown)
+                   + (f" ... and {more} more (--json shows them all)" if more else ""))
 
 
 def _feature_table(contributions: list[dict[str, Any]], fields: dict[str, Any], expected: dict[str, Any]) -> str:
@@ -103,20 +119,25 @@ def _feature_table(contributions: list[dict[str, Any]], fields: dict[str, Any], 
 
 @outliers.command("review")
 @click.argument("outlier_ids", type=int, nargs=-1, required=True)
-@click.option("--confirm", "verdict", flag_value="confirmed", help="A real anomaly.")
-@click.option("--dismiss", "verdict", flag_value="dismissed", help="A false alarm: train on it as normal.")
+@click.option("--confirm", is_flag=True, help="A real anomaly.")
+@click.option("--dismiss", is_flag=True, help="A false alarm: train on it as normal.")
+@click.option("--unreview", is_flag=True,
+              help="Take the verdict back: clears reviewer, time and note (unless --note gives one).")
 @click.option("--note", help="Why.")
 @click.option("--reviewer", help="Who (default: the login name).")
 @config_option
-def outliers_review(outlier_ids: tuple[int, ...], verdict: str | None, note: str | None, reviewer: str | None,
-                    config_path: Path) -> None:
-    """Confirm or dismiss one or more outliers."""
+def outliers_review(outlier_ids: tuple[int, ...], confirm: bool, dismiss: bool, unreview: bool, note: str | None,
+                    reviewer: str | None, config_path: Path) -> None:
+    """Confirm or dismiss one or more outliers, or take their verdicts back (--unreview)."""
     import getpass
 
-    if verdict is None:
-        raise click.UsageError("give --confirm or --dismiss")
-    result = review_service(config_path).set_verdict(list(outlier_ids), verdict, note,
-                                                     reviewer or getpass.getuser())
+    given = [v for v, on in (("confirmed", confirm), ("dismissed", dismiss), ("unreviewed", unreview)) if on]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of --confirm, --dismiss or --unreview"
+                               + (f" (got {len(given)})" if given else ""))
+    verdict = given[0]
+    who = None if verdict == "unreviewed" else reviewer or getpass.getuser()
+    result = review_service(config_path).set_verdict(list(outlier_ids), verdict, note, who)
     click.echo(f"{verdict}: {', '.join(str(i) for i in result.updated) or 'none'}")
     if result.missing:
         click.echo(f"no such outlier: {', '.join(map(str, result.missing))}", err=True)
@@ -128,20 +149,37 @@ def outliers_review(outlier_ids: tuple[int, ...], verdict: str | None, note: str
 @click.option("--review-state", type=click.Choice(["unreviewed", "confirmed", "dismissed"]))
 @click.option("--since", help="From this time (ISO 8601).")
 @click.option("--until", help="Before this time (ISO 8601).")
-@click.option("--limit", "-n", default=10_000, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--limit", "-n", default=10_000, show_default=True, type=click.IntRange(1, 1_000_000),
+              help="At most this many (the newest); stderr says when more match.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write here, not stdout.")
 @config_option
 def outliers_export(detector: str | None, review_state: str | None, since: str | None, until: str | None,
                     limit: int, output: Path | None, config_path: Path) -> None:
-    """Outliers as CSV (the same columns as GET /v1/outliers.csv)."""
+    """Outliers as CSV, newest first (the same columns as GET /v1/outliers.csv), read and written a page at a
+    time; text a spreadsheet would run as a formula starts with ' (see README)."""
     from detector.store.types import OutlierFilter
 
+    service = review_service(config_path)
+    if detector is not None:
+        service.check_detector(detector)
     f = OutlierFilter(detector=detector, review_state=review_state,
                       since=parse_time(since, "--since") if since else None,
                       until=parse_time(until, "--until") if until else None)
-    text, n_rows = review_service(config_path).export_csv(f, limit)
+    export = service.export(f, limit)
     if output:
-        output.write_text(text, encoding="utf-8")
-        click.echo(f"{n_rows} outliers written to {output}", err=True)
+        partial = output.with_name(f".{output.name}.partial")    # the file appears whole, or not at all
+        try:
+            with partial.open("w", encoding="utf-8", newline="") as fh:
+                for chunk in export:
+                    fh.write(chunk)
+            os.replace(partial, output)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        click.echo(f"{export.written} outliers written to {output}", err=True)
     else:
-        click.echo(text, nl=False)
+        for chunk in export:
+            click.echo(chunk, nl=False)
+    if export.more:
+        click.echo(f"vigil: stopped at --limit {limit}: {service.count(f)} outliers match; raise --limit or "
+                   "narrow the filters (--since, --until, -d, --review-state) for the rest", err=True)

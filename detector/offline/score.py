@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from detector.config import Config
-from detector.errors import NoActiveModelError, UnknownDetectorError
+from detector.errors import NoActiveModelError, NoRecordsError, UnknownDetectorError
 from detector.frames import records_frame
 from detector.records import RecordValidator, Rejection
 from detector.sources.files import read_records
@@ -21,8 +21,12 @@ __all__ = ["score_file"]
 logger = logging.getLogger(__name__)
 
 
+REJECTIONS_SHOWN = 20       # rejected records described in the summary (or the error when all are rejected)
+
+
 def score_file(config: Config, detector: str, path: Path) -> tuple[pd.DataFrame, str]:
-    """Score every valid record of `path`; returns the rows (inputs, score, flag, top feature) and a summary."""
+    """Score every valid record of `path`; returns the rows (inputs, score, flag, top feature) and a summary.
+    `NoRecordsError` when there is no record to score: the file holds none, or every one was rejected."""
     if detector not in config.detectors:
         raise UnknownDetectorError(detector, list(config.detectors))
     det = config.detectors[detector]
@@ -32,6 +36,12 @@ def score_file(config: Config, detector: str, path: Path) -> tuple[pd.DataFrame,
     model = FittedModel.from_artifact(active.weights, active.meta)
     raws = read_records(path)
     batch = RecordValidator(det.feature_schema, det.ts_field, det.key_field).validate_many(raws)
+    if not batch.accepted:
+        reasons = "".join("\n  " + _describe(r) for r in batch.rejected[:REJECTIONS_SHOWN])
+        if not batch.rejected:
+            raise NoRecordsError(f"file {path.name}: no records to score")
+        raise NoRecordsError(f"file {path.name}: none of its {len(batch.rejected)} records could be scored, "
+                             f"every one was rejected by {detector}'s schema{reasons}")
     rows: list[dict[str, object]] = []
     if batch.accepted:
         pending = [PendingRecord(i, r.ts, r.key, r.fields) for i, r in enumerate(batch.accepted)]
@@ -49,7 +59,7 @@ def score_file(config: Config, detector: str, path: Path) -> tuple[pd.DataFrame,
     flagged = int(frame["is_outlier"].sum()) if len(frame) else 0
     summary = (f"{len(frame)} records scored with {detector} model v{active.version} "
                f"(threshold {model.threshold.value:.4g}): {flagged} outliers, {len(batch.rejected)} rejected")
-    for rejection in batch.rejected[:20]:
+    for rejection in batch.rejected[:REJECTIONS_SHOWN]:
         summary += "\n  " + _describe(rejection)
     return frame, summary
 

@@ -207,7 +207,7 @@ class Tab:
 def tab(browser: Browser, server: Server) -> Iterator[Callable[..., Tab]]:
     contexts = []
 
-    def open_tab(srv: Server = server) -> Tab:
+    def open_tab(srv: Server = server, path: str = "/review") -> Tab:
         context = browser.new_context(viewport={"width": 1280, "height": 800})
         contexts.append(context)
         page = context.new_page()
@@ -218,7 +218,7 @@ def tab(browser: Browser, server: Server) -> Iterator[Callable[..., Tab]]:
         page.on("pageerror", lambda e: t.errors.append(f"page error: {e}"))
         page.on("console", lambda m: t.errors.append(f"console {m.type}: {m.text}")
                 if m.type == "error" and "Failed to load resource" not in m.text else None)
-        response = page.goto(srv.url + "/review")
+        response = page.goto(srv.url + path)
         assert response is not None and response.status == 200
         assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
         page.wait_for_selector("body[data-state='ready']", state="attached")
@@ -397,14 +397,17 @@ def test_writes_without_a_valid_token_show_the_error_and_change_nothing(tab: Cal
 
     page.fill("#d-note", "should wait for the token")
     page.click("#d-dismiss")                                # no token: asked for it, nothing sent
-    expect(page.locator("#message")).to_contain_text("needs the API token")
+    expect(page.locator("#login-reason")).to_contain_text("needs the API token")
     expect(page.locator("#login")).to_be_visible()
     expect(page.locator("#login")).to_contain_text("state/api-token")
     assert not [r for r in t.requests if r.method == "POST"]
 
-    page.fill("#token-input", "not-the-token")            # a wrong token: the daemon answers 401
+    page.fill("#token-input", "not-the-token")            # a token: the waiting verdict is named, not sent
     page.click("#login-save")
-    expect(page.locator("#message")).to_contain_text("refused the token (401")
+    expect(page.locator("#message")).to_contain_text(f"Nothing was stored for outlier #{ids[0]}")
+    assert not [r for r in t.requests if r.method == "POST"]
+    page.click("#d-dismiss")                                # sent again: a wrong token, the daemon answers 401
+    expect(page.locator("#login-reason")).to_contain_text("refused the token (401")
     expect(page.locator("#login")).to_be_visible()
     posts = [r for r in t.requests if r.method == "POST"]
     assert [p.headers.get("authorization") for p in posts] == ["Bearer not-the-token"]
@@ -418,8 +421,12 @@ def test_writes_without_a_valid_token_show_the_error_and_change_nothing(tab: Cal
     expect(page.locator("#login")).to_be_visible()
     assert len([r for r in t.requests if r.method == "POST"]) == 1
 
-    page.fill("#token-input", server.runtime.token)       # the right token: the waiting write goes through
+    page.fill("#token-input", server.runtime.token)       # the right token: the waiting write is named, not sent
     page.click("#login-save")
+    expect(page.locator("#message")).to_contain_text(f"Nothing was stored for outlier #{ids[1]}")
+    assert len([r for r in t.requests if r.method == "POST"]) == 1
+    assert stored(server.runtime, ids[1]) == ("unreviewed", None)
+    page.click("#bulk-confirm")                             # asked again: now it is meant, and stored
     expect(t.rows().nth(1).locator("td.review-cell")).to_have_text("confirmed")
     assert stored(server.runtime, ids[1]) == ("confirmed", None)
     assert stored(server.runtime, ids[0]) == ("unreviewed", None)
@@ -434,7 +441,7 @@ def test_reads_that_need_the_token_ask_for_it_and_retry(browser: Browser, tab: C
         t = tab(protected)
         page, expect = t.page, t.expect
         expect(page.locator("#login")).to_be_visible()
-        expect(page.locator("#message")).to_contain_text("needs the API token (401)")
+        expect(page.locator("#login-reason")).to_contain_text("needs the API token (401)")
         page.fill("#token-input", runtime.token)
         page.click("#login-save")
         expect(page.locator("#f-detector option[value='web']")).to_have_count(1)
@@ -508,6 +515,21 @@ def test_page_loads_nothing_from_another_host(tab: Callable[..., Tab], server: S
     foreign = [u for u in urls if not u.startswith(server.url + "/") and not u.startswith("data:")]
     assert foreign == []
     assert t.errors == []
+
+
+def test_an_alerts_review_link_opens_with_its_filters(tab: Callable[..., Tab], server: Server) -> None:
+    """The `review` annotation of Vigil's alerts links to /review?detector=NAME&review_state=unreviewed."""
+    t = tab(path="/review?detector=web&review_state=dismissed&key=db-5")
+    page, expect = t.page, t.expect
+    expect(page.locator("#f-detector")).to_have_value("web")
+    expect(page.locator("#f-state")).to_have_value("dismissed")
+    expect(page.locator("#f-key")).to_have_value("db-5")
+    expect(page.locator("#csv-link")).to_have_attribute(
+        "href", "/v1/outliers.csv?detector=web&review_state=dismissed&key=db-5")
+    assert set(t.rows().locator("td.key").all_text_contents()) <= {"db-5"}
+    t2 = tab(path="/review?review_state=nonsense")            # a value the page does not know: the default
+    t2.expect(t2.page.locator("#f-state")).to_have_value("unreviewed")
+    assert t.errors == [] and t2.errors == []
 
 
 def test_total_and_paging(tab: Callable[..., Tab], server: Server) -> None:

@@ -170,7 +170,7 @@ def test_fresh_store(vigil_all: CliAll, runtime: Runtime,
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout) == {"detectors": {"web": {
         "source": "http", "records": {"pending": 0, "scored": 0, "rejected": 0}, "outliers": 0,
-        "model": None, "last_training": None}}}
+        "model": None, "rejected_models": [], "last_training": None}}}
     assert (outliers.returncode, outliers.stdout.strip()) == (0, "no outliers yet")
     assert score.returncode == 1
     assert one_line(score.stderr) == ("vigil: detector 'web' has no active model yet; run `vigil train web`")

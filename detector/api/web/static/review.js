@@ -9,10 +9,11 @@
   const SVG_NS = "http://www.w3.org/2000/svg";
   const TOKEN_KEY = "vigil.token";
   const REVIEWER_KEY = "vigil.reviewer";
-  const TOKEN_HINT = "The token is in the daemon's state folder: state/api-token.";
+  const FIELD_ROWS = 100;   // fields of a record shown at first, and added by each "Show more"
+  const VERB = { confirmed: "Confirm", dismissed: "Dismiss", unreviewed: "Undo verdict" };
 
   const state = {
-    filters: defaultFilters(),
+    filters: filtersFromAddress(),
     sort: "ts",
     order: "desc",
     limit: 50,
@@ -22,7 +23,9 @@
     selectedId: null,
     checked: new Set(),
     readsNeedToken: false,
-    retry: null,          // what to run again once a token has been entered
+    retry: null,          // a read to run again once a token has been entered
+    pendingWrite: null,   // a verdict refused for want of a token: never sent again by itself, only named
+    fieldsShown: 0,       // rows of the detail's field table shown (long records are cut, see FIELD_ROWS)
     listSeq: 0,
     detailSeq: 0,
     status: null,         // the last /v1/status answer (detectors and their last training)
@@ -31,6 +34,20 @@
 
   function defaultFilters() {
     return { detector: "", review_state: "unreviewed", min_ratio: "", key: "", since: "", until: "" };
+  }
+
+  /** The default filters, with those the page's address names (`/review?detector=web&review_state=unreviewed`:
+   * the link an alert's `review` annotation carries). */
+  function filtersFromAddress() {
+    const filters = defaultFilters();
+    const given = new URLSearchParams(window.location.search);
+    for (const name of ["detector", "review_state", "min_ratio", "key"]) {
+      if (given.has(name)) filters[name] = given.get(name);
+    }
+    if (!["", "unreviewed", "confirmed", "dismissed"].includes(filters.review_state)) {
+      filters.review_state = "unreviewed";
+    }
+    return filters;
   }
 
   const $ = (id) => document.getElementById(id);
@@ -143,9 +160,16 @@
     $("message").hidden = true;
   }
 
-  function askLogin(reason, retry) {
+  /**
+   * Open the token form with why it is needed (the form's hint says where the token is). `retry` is a read
+   * to run again with the new token; `pending` a write that was not stored: it is named after the token is
+   * saved, never sent by itself (the page may have moved on since, and a verdict must be meant).
+   */
+  function askLogin(reason, retry, pending) {
     state.retry = retry || null;
-    $("login-reason").textContent = reason + " " + TOKEN_HINT;
+    state.pendingWrite = pending || null;
+    hideMessage();                               // the form says it: one message, not two
+    $("login-reason").textContent = reason;
     $("login").hidden = false;
     $("token-input").value = "";
     $("reviewer-input").value = storageGet(window.localStorage, REVIEWER_KEY);
@@ -155,6 +179,29 @@
   function closeLogin() {
     $("login").hidden = true;
     state.retry = null;
+    const pending = state.pendingWrite;
+    state.pendingWrite = null;
+    if (pending) showMessage(notStored(pending) + ".", "info");
+  }
+
+  function notStored(pending) {
+    return pending.ids.length === 1
+      ? "Nothing was stored for outlier #" + pending.ids[0]
+      : "Nothing was stored for the " + pending.ids.length + " selected outliers";
+  }
+
+  /** After a token is saved: say the refused verdict was not stored, and show the outlier it was for. */
+  function askAgain(pending) {
+    if (pending.single) {
+      const id = pending.ids[0];
+      const index = state.rows.findIndex((o) => o.id === id);
+      if (index >= 0 && state.selectedId !== id) selectRow(index);
+      showMessage("Token saved. " + notStored(pending) + ": press " + VERB[pending.verdict] +
+        " again if you still mean it.", "info");
+    } else {
+      showMessage("Token saved. " + notStored(pending) + ": press " + VERB[pending.verdict] +
+        " selected again if you still mean it.", "info");
+    }
   }
 
   // --- the API ----------------------------------------------------------------------------------
@@ -201,16 +248,17 @@
     return data;
   }
 
-  /** Report a failed request; a 401 asks for the token and remembers what to retry. */
-  function failed(err, what, retry) {
+  /** Report a failed request; a 401 asks for the token (in the form only), remembering a read to retry or
+   *  a write that was not stored. */
+  function failed(err, what, retry, pending) {
     if (err.status === 401) {
       const had = Boolean(getToken());
       if (had) setToken("");
+      const lost = pending ? " " + notStored(pending) + "." : "";
       const reason = had
-        ? "The daemon refused the token (401: missing or wrong bearer token) while " + what + ". Enter it again."
-        : "The daemon needs the API token (401) for " + what + ".";
-      showMessage(reason + " " + TOKEN_HINT, "error");
-      askLogin(reason, retry);
+        ? "The daemon refused the token (401: " + err.message + ") while " + what + "." + lost + " Enter it again."
+        : "The daemon needs the API token (401) for " + what + "." + lost;
+      askLogin(reason, retry, pending);
       return;
     }
     showMessage("Failed " + what + ": " + err.message, "error");
@@ -309,6 +357,7 @@
     state.total = data.total;
     const onPage = new Set(state.rows.map((o) => o.id));
     for (const id of [...state.checked]) if (!onPage.has(id)) state.checked.delete(id);
+    if (state.selectedId !== null && !onPage.has(state.selectedId)) clearDetail();
     renderRows();
     renderPager();
     if (then) then();
@@ -461,6 +510,16 @@
 
   // --- the detail panel -------------------------------------------------------------------------
 
+  /** Empty the detail panel: its outlier is no longer in the list (filters, paging). */
+  function clearDetail() {
+    state.selectedId = null;
+    state.detailSeq++;                           // a detail still loading is not shown
+    $("detail").classList.remove("loading");
+    $("detail-body").hidden = true;
+    delete $("detail-body").dataset.id;
+    $("detail-empty").hidden = false;
+  }
+
   async function loadDetail(id) {
     const seq = ++state.detailSeq;
     $("detail").classList.add("loading");
@@ -537,6 +596,7 @@
     $("d-note").value = review.note || "";
     const info = $("d-review");
     clear(info);
+    $("d-unreview").hidden = !review.state || review.state === "unreviewed";
     if (review.state && review.state !== "unreviewed") {
       info.append(el("span", { text: review.state === "confirmed" ? "Confirmed" : "Dismissed" }),
         review.reviewer ? el("span", { text: " by " + review.reviewer }) : null,
@@ -559,17 +619,23 @@
     renderModel(o.model || {});
   }
 
-  function renderFields(o) {
+  /** The record's fields (explained features first); a long record shows FIELD_ROWS of them and how many
+   *  more there are, with a button for the next FIELD_ROWS. */
+  function renderFields(o, shown) {
     const body = $("d-fields").tBodies[0];
     clear(body);
     const fields = o.fields || {};
     const expected = o.expected || {};
     const shares = new Map((o.contributions || []).map((c) => [c.feature, c.share]));
     const oodSet = new Set(oodEntries(o));
-    const names = [...(o.contributions || []).map((c) => c.feature)];
-    for (const name of Object.keys(fields)) if (!names.includes(name)) names.push(name);
-    for (const name of Object.keys(expected)) if (!names.includes(name)) names.push(name);
-    for (const name of names) {
+    const seen = new Set();
+    const names = [];
+    const add = (name) => { if (!seen.has(name)) { seen.add(name); names.push(name); } };
+    for (const c of o.contributions || []) add(c.feature);
+    for (const name of Object.keys(fields)) add(name);
+    for (const name of Object.keys(expected)) add(name);
+    state.fieldsShown = Math.min(names.length, shown || FIELD_ROWS);
+    for (const name of names.slice(0, state.fieldsShown)) {
       const nameCell = el("td", { cls: "field-name", text: name });
       if (oodSet.has(name)) nameCell.append(" ", el("span", { cls: "badge ood", text: "OOD" }));
       const isFeature = Object.prototype.hasOwnProperty.call(expected, name);
@@ -579,6 +645,17 @@
         el("td", { cls: "value expected", text: isFeature ? fmtVal(expected[name]) : "" }),
         el("td", { cls: "num", text: shares.has(name) ? pct(shares.get(name)) : "" }));
       body.append(tr);
+    }
+    const more = names.length - state.fieldsShown;
+    if (more > 0) {
+      const button = el("button", { cls: "show-more", text: "Show " + Math.min(more, FIELD_ROWS) + " more" });
+      button.type = "button";
+      button.addEventListener("click", () => renderFields(o, state.fieldsShown + FIELD_ROWS));
+      const cell = el("td", { cls: "more-fields" },
+        el("span", { text: more.toLocaleString("en-US") + " more fields (" + state.fieldsShown + " of " +
+          names.length.toLocaleString("en-US") + " shown) " }), button);
+      cell.colSpan = 4;
+      body.append(el("tr", { cls: "more" }, cell));
     }
   }
 
@@ -773,23 +850,27 @@
   }
 
   async function sendVerdict(id, verdict, note) {
-    const retry = () => sendVerdict(id, verdict, note);
+    const pending = { ids: [id], verdict, single: true };
     if (!getToken()) {
-      showMessage("A verdict needs the API token. " + TOKEN_HINT, "error");
-      askLogin("Enter the API token to store verdicts.", retry);
+      askLogin("A verdict needs the API token. " + notStored(pending) + ".", null, pending);
       return;
     }
     state.busy = true;
     try {
       await api("POST", "/v1/outliers/" + encodeURIComponent(String(id)) + "/review", verdictBody(verdict, note));
     } catch (err) {
-      failed(err, "storing the verdict on outlier " + id, retry);
+      failed(err, "storing the verdict on outlier " + id, null, pending);
       return;
     } finally {
       state.busy = false;
     }
-    showMessage("Outlier #" + id + " " + verdict + ".", "ok");
     markReviewed([id], verdict);
+    if (verdict === "unreviewed") {                // taken back: stay on it
+      showMessage("Outlier #" + id + " is unreviewed again.", "ok");
+      if (state.selectedId === id) loadDetail(id);
+      return;
+    }
+    showMessage("Outlier #" + id + " " + verdict + ".", "ok");
     const index = state.rows.findIndex((o) => o.id === id);
     if (state.selectedId === id) selectNextUnreviewed(index === -1 ? -1 : index);
   }
@@ -801,10 +882,9 @@
   }
 
   async function sendBulk(ids, verdict, note) {
-    const retry = () => sendBulk(ids, verdict, note);
+    const pending = { ids, verdict, single: false };
     if (!getToken()) {
-      showMessage("Verdicts need the API token. " + TOKEN_HINT, "error");
-      askLogin("Enter the API token to store verdicts.", retry);
+      askLogin("Verdicts need the API token. " + notStored(pending) + ".", null, pending);
       return;
     }
     state.busy = true;
@@ -812,7 +892,7 @@
     try {
       result = await api("POST", "/v1/outliers/review", { ids, ...verdictBody(verdict, note) });
     } catch (err) {
-      failed(err, "storing verdicts on " + ids.length + " outliers", retry);
+      failed(err, "storing verdicts on " + ids.length + " outliers", null, pending);
       return;
     } finally {
       state.busy = false;
@@ -851,6 +931,7 @@
       case "k": move(-1); break;
       case "c": reviewOne("confirmed"); break;
       case "d": reviewOne("dismissed"); break;
+      case "u": if (!$("d-unreview").hidden) reviewOne("unreviewed"); break;
       case "x": {
         const i = selectedIndex();
         if (i >= 0) toggleChecked(state.rows[i].id);
@@ -959,6 +1040,7 @@
     $("bulk-dismiss").addEventListener("click", () => reviewChecked("dismissed"));
     $("d-confirm").addEventListener("click", () => reviewOne("confirmed"));
     $("d-dismiss").addEventListener("click", () => reviewOne("dismissed"));
+    $("d-unreview").addEventListener("click", () => reviewOne("unreviewed"));
     $("csv-link").addEventListener("click", onCsvClick);
 
     $("login-open").addEventListener("click", () => askLogin("Enter the API token.", null));
@@ -974,9 +1056,12 @@
       setToken(token);
       storageSet(window.localStorage, REVIEWER_KEY, $("reviewer-input").value.trim());
       const retry = state.retry;
+      const pending = state.pendingWrite;
+      state.pendingWrite = null;
       closeLogin();
       hideMessage();
       if (retry) retry();
+      if (pending) askAgain(pending);
     });
     document.addEventListener("keydown", onKey);
   }
