@@ -17,7 +17,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from detector.config import Config, load_config
+from detector.config import Config, load_config, require_detectors
 from detector.errors import ConfigError, SourceError, StorageError
 from detector.metrics import Metrics, StoreCollector
 from detector.notify import Heartbeats, Notifier, Watchdog
@@ -106,18 +106,27 @@ class Runtime:
     def reload(self, path: Path) -> bool:
         """Apply a changed config file (SIGHUP): detectors added, removed or changed, without a restart.
 
-        An invalid file keeps the running config; [daemon], [store] and [http] need a restart.
+        An invalid file (unreadable, not UTF-8, not valid, or without any detector: that would remove every
+        running one) keeps the running config, and so does a failure while applying it; [daemon], [store] and
+        [http] need a restart. Nothing raises: this runs in a thread of its own.
         """
         try:
             new = load_config(path)
             check_schedules(new, str(path))
+            require_detectors(new, path)
         except ConfigError as exc:
             logger.error("config reload refused: the running config stays", extra={"error": str(exc)})
+            return False
+        except Exception as exc:
+            logger.error("config reload failed: the running config stays", extra={"error": str(exc)}, exc_info=exc)
             return False
         self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             with self._reload_lock:
                 self._apply(new)
+        except Exception as exc:
+            logger.error("config reload failed while applying it", extra={"error": str(exc)}, exc_info=exc)
+            return False
         finally:
             self.notifier.send("READY=1", f"STATUS={self.status_line()}")
         return True
@@ -150,7 +159,8 @@ class Runtime:
         now = datetime.now(UTC)
         store = self.config.store
         records, rejects = self.vigil.repo.purge(now - timedelta(seconds=store.retention),
-                                                 now - timedelta(seconds=store.reject_retention))
+                                                 now - timedelta(seconds=store.reject_retention),
+                                                 now - timedelta(seconds=self.config.http.idempotency_key_ttl))
         pruned = sum(self.vigil.repo.prune_models(name, store.keep_model_versions) for name in self.config.detectors)
         if records or rejects or pruned:
             logger.info("retention", extra={"records_deleted": records, "rejects_deleted": rejects,
@@ -229,11 +239,13 @@ def build_runtime(config: Config, registry: CollectorRegistry | None = None,
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
-    repo = open_repository(config.store_url)
+    repo = open_repository(config.store_url, write_timeout=config.store.write_timeout,
+                           synchronous=config.store.sqlite_synchronous)
     metrics = Metrics(registry)
     metrics.initialise({name: det.source.type for name, det in config.detectors.items()})
     vigil = Vigil(config, repo, metrics)
-    registry.register(StoreCollector(repo.metrics_snapshot, lambda: list(config.detectors)))
+    # the detectors of the running config, which a reload changes (not those of `config`)
+    registry.register(StoreCollector(repo.metrics_snapshot, lambda: list(vigil.config.detectors)))
     cache = ModelCache(vigil)
     for name in config.detectors:
         cache.get(name)             # publishes the active model's metrics at start

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 __all__ = [
     "ConfigError",
     "IngestError",
     "InvalidWindowError",
+    "ListenError",
     "ModelPrunedError",
     "NoActiveModelError",
     "NoEarlierModelError",
     "NoRecordsError",
     "SourceError",
     "StorageError",
+    "StoreBusyError",
     "StoreRefusedValueError",
     "TooFewRecordsError",
     "TrainingFailedError",
@@ -59,6 +62,22 @@ class StorageError(VigilError):
 class StoreRefusedValueError(StorageError):
     """The database or its driver refused a value a request supplied (NUL in PostgreSQL text, a time that
     overflows when converted to UTC): the store is fine and retrying cannot help."""
+
+
+class StoreBusyError(StorageError):
+    """The store stayed locked for writing longer than a write may wait (`store.write_timeout`: on SQLite another
+    process or connection holds its write lock): nothing was written, and a retry later may succeed."""
+
+
+class ListenError(VigilError):
+    """The HTTP API cannot listen on its address (the port is taken, the address is not this machine's)."""
+
+    def __init__(self, host: str, port: int, cause: OSError) -> None:
+        hint = (": another process listens on that port; stop it or set another http.port"
+                if cause.errno == errno.EADDRINUSE else "")
+        super().__init__(f"cannot listen on {host}:{port} (http.host, http.port): {cause.strerror or cause}{hint}")
+        self.host = host
+        self.port = port
 
 
 class SourceError(VigilError):

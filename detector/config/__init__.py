@@ -7,13 +7,14 @@ sections, `Config` and `load_config`, and it is where the rest of the daemon imp
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 
 from detector.allocator import DEFAULT_CACHE_MIB, MAX_CACHE_MIB
 from detector.config.base import PositiveDuration, Section, parse_duration
@@ -62,11 +63,13 @@ __all__ = [
     "TrainingConfig",
     "load_config",
     "parse_duration",
+    "require_detectors",
 ]
 
 logger = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_HOST_NAME = re.compile(r"^(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\.?$")
 
 
 class DaemonConfig(Section):
@@ -82,6 +85,10 @@ class StoreConfig(Section):
     reject_retention: PositiveDuration = Field(default=7 * 86400.0)
     retention_interval: PositiveDuration = Field(default=3600.0)
     keep_model_versions: int = Field(default=10, ge=1)
+    # how long a write waits for the store (SQLite: its write lock) before it gives up (HTTP ingest: 503)
+    write_timeout: PositiveDuration = Field(default=5.0, le=600.0)
+    # SQLite: "full" syncs each commit to disk; "normal" may lose the last commits to a power failure or OS crash
+    sqlite_synchronous: Literal["full", "normal"] = "full"
 
     @field_validator("url")
     @classmethod
@@ -89,6 +96,16 @@ class StoreConfig(Section):
         if value is not None and not value.startswith(("sqlite:", "postgresql")):
             raise ValueError("only sqlite:/// and postgresql+psycopg:// URLs are supported")
         return value
+
+
+def _host_name(name: str) -> str:
+    if not _HOST_NAME.match(name):
+        raise ValueError(f"{name!r} is not a host name: letters, digits, '-' and '.', optionally starting with "
+                         "'*.' (any subdomain), without a port or a scheme")
+    return name.lower()
+
+
+HostName = Annotated[str, AfterValidator(_host_name)]
 
 
 class HttpConfig(Section):
@@ -99,6 +116,35 @@ class HttpConfig(Section):
     max_batch_records: int = Field(default=10_000, gt=0)
     token_file: Path = Field(default=Path("api-token"))
     read_requires_token: bool = False
+    # how long the answer to a batch sent with an Idempotency-Key is kept, to answer a retry without storing twice
+    idempotency_key_ttl: PositiveDuration = Field(default=86400.0, le=30 * 86400.0)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    header_timeout: PositiveDuration = Field(default=10.0)
+    body_timeout: PositiveDuration = Field(default=60.0)
+    allowed_hosts: list[HostName] = Field(default_factory=list)
+    api_docs: bool = False
+
+    @property
+    def binds_loopback(self) -> bool:
+        """Whether `host` is a loopback address (or `localhost`): nothing outside this machine can connect."""
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
+        except ValueError:
+            return False
+
+    def exposure_warnings(self) -> list[str]:
+        """What an operator should know about where the API listens: empty on loopback."""
+        if not self.enabled or self.binds_loopback:
+            return []
+        clear = ("the bearer token travels in clear text over plain HTTP: put a TLS proxy in front of the API "
+                 "or keep it on a trusted network")
+        if self.read_requires_token:
+            return [f"http.host {self.host!r} is not a loopback address: {clear}"]
+        return [f"http.host {self.host!r} is not a loopback address and reads are open "
+                "(http.read_requires_token = false): anyone who can reach the port can read every record and "
+                f"outlier; set http.read_requires_token = true. Also, {clear}"]
 
 
 class Config(Section):
@@ -156,7 +202,8 @@ def _format_errors(exc: ValidationError, raw: Any) -> str:
         else:
             msg = str(error["msg"]).removeprefix("Value error, ")
             secret = loc.rsplit(".", 1)[-1] in ("url", "password", "token")   # may hold a password
-            if "input" in error and error["type"] not in ("model_type", "dict_type") and not secret:
+            table = isinstance(error.get("input"), dict)      # a whole table: the message names what is wrong
+            if "input" in error and error["type"] not in ("model_type", "dict_type") and not secret and not table:
                 msg += f" (got {error['input']!r})"
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
@@ -213,6 +260,10 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError(path, "file not found") from None
     except OSError as exc:
         raise ConfigError(path, f"cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise ConfigError(path, f"not UTF-8 text: byte 0x{exc.object[exc.start]:02x} on line {line} "
+                                f"(save the file as UTF-8)") from None
     try:
         raw = tomllib.loads(text)
         config = Config.model_validate(raw)
@@ -224,3 +275,11 @@ def load_config(path: Path | str) -> Config:
         return _resolve_paths(config, path.resolve().parent)
     except ConfigError as exc:
         raise ConfigError(path, exc.problem) from None
+
+
+def require_detectors(config: Config, path: Path | str) -> None:
+    """`ConfigError` when `config` has no detector: a daemon on it would watch nothing (and a reload to it
+    would remove every running detector)."""
+    if not config.detectors:
+        raise ConfigError(path, "no detectors: add at least one [detectors.NAME] section (see README, "
+                                "Configuration)")

@@ -7,12 +7,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, delete, func, select, update
+from sqlalchemy import Select, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from detector.store.session import SessionScope
+from detector.store.faults import check_text
+from detector.store.session import SessionScope, WriteGate
 from detector.store.tables import MaintenanceWindowRow, ModelVersionRow, OutlierRow, RecordRow
 from detector.store.types import (
+    REVIEW_STATES,
     VERDICTS,
     MaintenanceWindow,
     OutlierDetail,
@@ -67,8 +69,8 @@ def outlier_page(session: Session, f: OutlierFilter, limit: int, offset: int, so
 class Reviews(SessionScope):
     """The review side of the store; sessions never leave this class."""
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
-        super().__init__(sessions)
+    def __init__(self, sessions: sessionmaker[Session], gate: WriteGate | None = None) -> None:
+        super().__init__(sessions, gate)
         self.window_changes = 0    # bumped when this process adds or deletes a maintenance window
 
     def query(self, f: OutlierFilter, limit: int = 50, offset: int = 0, sort: SortKey = "ts",
@@ -78,6 +80,19 @@ class Reviews(SessionScope):
             total = int(session.scalar(_filtered(select(func.count()).select_from(OutlierRow), f)) or 0)
             views = outlier_page(session, f, limit, offset, sort, descending)
         return views, total
+
+    def export_page(self, f: OutlierFilter, after: tuple[datetime, int] | None, limit: int) -> list[OutlierView]:
+        """Up to `limit` outliers matching `f`, newest first (by ts, then id), after the keyset `after` (the
+        (ts, id) of the last row of the previous page): a cursor that stays consistent while rows are added.
+        With `f.detector` it reads the (detector, ts) index from the cursor on; without, it sorts the table."""
+        stmt = _filtered(select(OutlierRow, ModelVersionRow.version)
+                         .join(ModelVersionRow, ModelVersionRow.id == OutlierRow.model_version_id), f)
+        if after is not None:
+            ts, last_id = after          # (ts, id) < after, written so that an index range on ts serves it
+            stmt = stmt.where(OutlierRow.ts <= ts, or_(OutlierRow.ts < ts, OutlierRow.id < last_id))
+        with self._read("export outliers") as session:
+            rows = session.execute(stmt.order_by(OutlierRow.ts.desc(), OutlierRow.id.desc()).limit(limit)).all()
+        return [outlier_view(o, v) for o, v in rows]
 
     def detail(self, outlier_id: int, around: int = 30) -> OutlierDetail | None:
         """One outlier in full: its model version and training window, and the key's scores around it."""
@@ -108,17 +123,23 @@ class Reviews(SessionScope):
 
     def set_verdict(self, ids: Sequence[int], verdict: str, note: str | None,
                     reviewer: str | None) -> tuple[list[tuple[int, str]], list[int]]:
-        """Record a verdict on outliers; returns the (id, detector) pairs updated and the ids not found."""
-        if verdict not in VERDICTS:
-            raise ValueError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
+        """Record a verdict on outliers; returns the (id, detector) pairs updated and the ids not found.
+
+        `unreviewed` takes a verdict back: reviewer and review time are cleared, and the note too unless one
+        is given."""
+        if verdict not in REVIEW_STATES:
+            raise ValueError(f"verdict must be one of {REVIEW_STATES}, got {verdict!r}")
+        check_text("store verdict", "note", note)
+        check_text("store verdict", "reviewer", reviewer)
         wanted = sorted(set(ids))
         with self._tx("store verdict") as session:
             found = session.execute(select(OutlierRow.id, OutlierRow.detector)
                                     .where(OutlierRow.id.in_(wanted))).all()
             if found:
-                values: dict[str, Any] = {"review_state": verdict, "reviewer": reviewer,
-                                          "reviewed_at": datetime.now(UTC)}
-                if note is not None:            # a verdict without a note keeps the note already there
+                cleared = verdict == "unreviewed"
+                values: dict[str, Any] = {"review_state": verdict, "reviewer": None if cleared else reviewer,
+                                          "reviewed_at": None if cleared else datetime.now(UTC)}
+                if note is not None or cleared:  # a verdict without a note keeps the note already there
                     values["review_note"] = note
                 session.execute(update(OutlierRow).where(OutlierRow.id.in_([i for i, _ in found])).values(**values))
         updated = [(int(i), str(d)) for i, d in found]
@@ -144,6 +165,7 @@ class Reviews(SessionScope):
     def add_window(self, detector: str, start: datetime, end: datetime, reason: str | None) -> MaintenanceWindow:
         if end <= start:
             raise ValueError("a maintenance window must end after it starts")
+        check_text("add maintenance window", "reason", reason)
         with self._tx("add maintenance window") as session:
             row = MaintenanceWindowRow(detector=detector, start=start, end=end, reason=reason,
                                        created_at=datetime.now(UTC))
