@@ -50,7 +50,8 @@ if [ ${#missing_pkgs[@]} -gt 0 ]; then
 fi
 
 # PostgreSQL: a running cluster answering at 127.0.0.1:5432 with trust auth for user postgres.
-if have_pg_server && ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+pg_trusts() { psql -h 127.0.0.1 -p 5432 -U postgres -w -Atc 'select 1' >/dev/null 2>&1; }
+if have_pg_server && ! { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null && pg_trusts; }; then
   if $can_install; then
     versions=$(ls /etc/postgresql 2>/dev/null || true)
     if [ -z "$versions" ]; then
@@ -62,13 +63,18 @@ if have_pg_server && ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
       # the suite connects as postgres over TCP without a password (127.0.0.1 only)
       grep -qE '^host\s+all\s+all\s+127\.0\.0\.1/32\s+trust' "$hba" \
         || sed -i '1i host all all 127.0.0.1/32 trust' "$hba"
-      pg_ctlcluster --skip-systemctl-redirect "$v" main start 2>/dev/null || pg_ctlcluster "$v" main restart || true
+      if pg_ctlcluster "$v" main status >/dev/null 2>&1; then
+        pg_ctlcluster --skip-systemctl-redirect "$v" main reload || pg_ctlcluster "$v" main reload || true
+      else
+        pg_ctlcluster --skip-systemctl-redirect "$v" main start || pg_ctlcluster "$v" main start || true
+      fi
     done
-    for _ in $(seq 30); do pg_isready -h 127.0.0.1 -p 5432 -q && break; sleep 1; done
-    pg_isready -h 127.0.0.1 -p 5432 -q || echo "setup-system: PostgreSQL did not start at 127.0.0.1:5432"
+    for _ in $(seq 30); do pg_isready -h 127.0.0.1 -p 5432 -q && pg_trusts && break; sleep 1; done
+    pg_trusts || echo "setup-system: PostgreSQL does not answer at 127.0.0.1:5432 with trust auth for postgres"
   else
-    echo "setup-system: PostgreSQL is installed but not answering at 127.0.0.1:5432; start it with:"
-    echo "  sudo pg_ctlcluster \$(ls /etc/postgresql) main start"
+    echo "setup-system: PostgreSQL does not answer at 127.0.0.1:5432 with trust auth for user postgres:"
+    echo "  start it (sudo pg_ctlcluster \$(ls /etc/postgresql) main start) and add to its pg_hba.conf:"
+    echo "  host all all 127.0.0.1/32 trust"
   fi
 fi
 exit 0
