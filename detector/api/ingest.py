@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from functools import partial
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -32,7 +32,7 @@ router = APIRouter()
 INGEST_THREADS = 16     # ingest requests running at once; others wait for a thread (within their write timeout)
 
 
-def _ingest_threads(app: FastAPI) -> anyio.CapacityLimiter:
+def ingest_threads(app: FastAPI) -> anyio.CapacityLimiter:
     """The app's limiter of ingest threads (made in the event loop, on the first request)."""
     limiter: anyio.CapacityLimiter | None = getattr(app.state, "ingest_threads", None)
     if limiter is None:
@@ -67,23 +67,34 @@ async def read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+SourceT = TypeVar("SourceT")
+
+
+def pushed_source(rt: Runtime, name: str, kind: type[SourceT], type_name: str, what: str) -> SourceT | JSONResponse:
+    """The [source] section of detector `name` when it is of the pushed `kind`; a 409 answer when the detector
+    reads another source; `UnknownDetectorError` (counted) when there is no such detector."""
+    det = rt.config.detectors.get(name)
+    if det is None:
+        rt.vigil.count_unknown_detector()
+        raise UnknownDetectorError(name, list(rt.config.detectors))
+    if not isinstance(det.source, kind):
+        return error(409, f"detector {name!r} reads its {det.source.type} source; "
+                          f"only detectors with source type {type_name!r} take {what}")
+    return det.source
+
+
 @router.post("/v1/detectors/{name}/records", dependencies=[Depends(require_token)],
              summary="Ingest records (JSON array, one JSON object, or NDJSON); an optional Idempotency-Key header "
                      "makes a retried batch stored once")
 async def ingest(name: str, request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> JSONResponse:
-    vigil = rt.vigil
-    det = rt.config.detectors.get(name)
-    if det is None:
-        vigil.count_unknown_detector()
-        raise UnknownDetectorError(name, list(rt.config.detectors))
-    if not isinstance(det.source, HttpSourceConfig):
-        return error(409, f"detector {name!r} reads its {det.source.type} source; "
-                          "only detectors with source type 'http' take records over HTTP")
-    http = rt.config.http
+    cfg = pushed_source(rt, name, HttpSourceConfig, "http", "records over HTTP")
+    if isinstance(cfg, JSONResponse):
+        return cfg
+    vigil, http = rt.vigil, rt.config.http
     body = await read_body(request, http.max_body_bytes)
     deadline = time.monotonic() + vigil.repo.write_timeout
-    source = HttpSource(det.source, vigil.sink(name, "http"), http, _batch_keys(request.app))
+    source = HttpSource(cfg, vigil.sink(name, "http"), http, _batch_keys(request.app))
     receive = partial(_receive, source, body, request.headers.get("content-type", ""),
                       request.headers.get(IDEMPOTENCY_KEY), deadline)
-    reply = await anyio.to_thread.run_sync(receive, limiter=_ingest_threads(request.app))
+    reply = await anyio.to_thread.run_sync(receive, limiter=ingest_threads(request.app))
     return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers or None)

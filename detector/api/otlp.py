@@ -7,17 +7,18 @@ Point an OpenTelemetry exporter at this URL (the Collector's `otlphttp` exporter
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, Request
-from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
-from detector.api.deps import error, require_token, runtime
-from detector.api.ingest import read_body
+from detector.api.deps import require_token, runtime
+from detector.api.ingest import ingest_threads, pushed_source, read_body
 from detector.config.sources import OtlpSourceConfig
 from detector.daemon import Runtime
-from detector.errors import UnknownDetectorError
 from detector.sources.otlp import OtlpSource
 
 __all__ = ["router"]
@@ -28,17 +29,13 @@ router = APIRouter()
 @router.post("/v1/detectors/{name}/otlp/v1/metrics", dependencies=[Depends(require_token)],
              summary="Ingest an OTLP/HTTP metrics export (protobuf or JSON, gzip allowed)")
 async def export_metrics(name: str, request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Response:
-    vigil = rt.vigil
-    det = rt.config.detectors.get(name)
-    if det is None:
-        vigil.count_unknown_detector()
-        raise UnknownDetectorError(name, list(rt.config.detectors))
-    if not isinstance(det.source, OtlpSourceConfig):
-        return error(409, f"detector {name!r} reads its {det.source.type} source; "
-                          "only detectors with source type 'otlp' take OTLP exports")
+    cfg = pushed_source(rt, name, OtlpSourceConfig, "otlp", "OTLP exports")
+    if isinstance(cfg, JSONResponse):
+        return cfg
     http = rt.config.http
     body = await read_body(request, http.max_body_bytes)
-    source = OtlpSource(det.source, vigil.sink(name, "otlp"), http, det.feature_schema.names)
-    reply = await run_in_threadpool(source.receive, body, request.headers.get("content-type", ""),
-                                    request.headers.get("content-encoding", ""))
+    source = OtlpSource(cfg, rt.vigil.sink(name, "otlp"), http, rt.config.detectors[name].feature_schema.names)
+    receive = partial(source.receive, body, request.headers.get("content-type", ""),
+                      request.headers.get("content-encoding", ""))
+    reply = await anyio.to_thread.run_sync(receive, limiter=ingest_threads(request.app))    # reads keep their threads
     return Response(reply.body, status_code=reply.status, media_type=reply.content_type)
