@@ -5,12 +5,13 @@ Each route is a thin HTTP layer over `detector.review.ReviewService` (the same s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import StreamingResponse
@@ -83,28 +84,46 @@ async def list_outliers(
     return {"outliers": [outlier_json(o) for o in rows], "total": total, "limit": limit, "offset": offset}
 
 
+def _export_gate(request: Request) -> asyncio.Semaphore:
+    """The app's one export slot: concurrent exports take turns a chunk at a time.
+
+    Writing a chunk is Python work that holds the GIL (rows to objects, JSON, CSV); several worker threads
+    doing it at once starve the event loop, and with it `/healthz` and every small request (four 100k-row
+    exports at once held `/healthz` up to 108 ms). One chunk at a time costs the exports nothing on the
+    whole (the GIL ran them one at a time anyway) and keeps the loop's waits to one thread's share.
+    """
+    gate: asyncio.Semaphore | None = getattr(request.app.state, "export_gate", None)
+    if gate is None:
+        gate = request.app.state.export_gate = asyncio.Semaphore(1)
+    return gate
+
+
 @router.get("/v1/outliers.csv", summary="Outliers with the same filters, as CSV")
 async def export_csv(
-    service: Reviews, detector: str | None = None, since: datetime | None = None, until: datetime | None = None,
-    review_state: ReviewState | None = None, min_score: float | None = None, min_ratio: float | None = None,
+    request: Request, service: Reviews, detector: str | None = None, since: datetime | None = None,
+    until: datetime | None = None, review_state: ReviewState | None = None, min_score: float | None = None,
+    min_ratio: float | None = None,
     key: str | None = None, limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
 ) -> StreamingResponse:
     """Streamed: the store is read a page at a time in a worker thread, so an export holds one page in
-    memory and never blocks the event loop. The first page is read before the answer starts, so a store
-    that cannot answer is still a 503."""
+    memory and never blocks the event loop; concurrent exports take turns a chunk at a time. The first page
+    is read before the answer starts, so a store that cannot answer is still a 503."""
     f = _filter(service, detector, since, until, review_state, min_score, min_ratio, key)
     export = service.export(f, limit)
-    first = await run_in_threadpool(export.next_chunk)
-    return StreamingResponse(_chunks(export, first), media_type="text/csv; charset=utf-8",
+    gate = _export_gate(request)
+    async with gate:
+        first = await run_in_threadpool(export.next_chunk)
+    return StreamingResponse(_chunks(export, first, gate), media_type="text/csv; charset=utf-8",
                              headers={"Content-Disposition": 'attachment; filename="outliers.csv"'})
 
 
-async def _chunks(export: CsvExport, first: str | None) -> AsyncIterator[str]:
+async def _chunks(export: CsvExport, first: str | None, gate: asyncio.Semaphore) -> AsyncIterator[str]:
     chunk = first
     try:
         while chunk is not None:
             yield chunk
-            chunk = await run_in_threadpool(export.next_chunk)
+            async with gate:
+                chunk = await run_in_threadpool(export.next_chunk)
     except VigilError as exc:               # the answer has started: all that is left is to cut it short
         logger.warning("CSV export cut short", extra={"rows": export.written, "error": str(exc)})
         raise
