@@ -152,7 +152,8 @@ class DiversityConfig(Section):
     policy: Literal["warn", "block"] = "warn"
     reference: PositiveDuration = Field(default=30 * 86400.0)
     reference_max_records: int = Field(default=50_000, gt=0)
-    min_rows_per_parameter: float = Field(default=1.0, ge=0)
+    min_rows_per_column: float = Field(default=10.0, ge=0)
+    min_rows_per_parameter: float = Field(default=0.0, ge=0)
     max_duplicate_share: float = Field(default=0.2, ge=0, le=1)
     min_distinct_share: float = Field(default=0.01, ge=0, le=1)
     min_relative_spread: float = Field(default=1e-4, ge=0)

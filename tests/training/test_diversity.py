@@ -220,15 +220,32 @@ def test_categories_of_history_absent_from_the_window_warn_missing_categories() 
     assert "1 value(s) seen in history are absent from the window ('antarctica')" in check.message
 
 
-def test_too_few_rows_fail_and_fewer_rows_than_parameters_warn() -> None:
+def test_too_few_rows_fail_and_a_window_small_for_its_columns_warns() -> None:
     frame, _ = healthy(20, seed=0)
     check = only_problem(check_window(frame, SCHEMA))
     assert (check.check, check.status, check.value, check.limit) == ("rows", "fail", 20, 32)
     assert "holds 20 rows, fewer than the 32 needed" in check.message
+    wide = pd.DataFrame(np.random.default_rng(0).normal(size=(120, 40)), columns=[f"c{i}" for i in range(40)])
+    wide_schema = Schema([Feature(f"c{i}", "numeric") for i in range(40)])
+    check = only_problem(check_window(wide, wide_schema, n_parameters=8000))
+    assert (check.check, check.status, check.value, check.limit) == ("rows", "warn", 120, 400)
+    assert "120 rows for 40 encoded columns (limit 400 rows, 10 a column)" in check.message
+    # the parameter rule, off by default, still warns when a user sets it
     frame, _ = healthy(500, seed=0)
-    check = only_problem(check_window(frame, SCHEMA, n_parameters=1000))
+    check = only_problem(check_window(frame, SCHEMA, DiversityLimits(min_rows_per_parameter=1.0), n_parameters=1000))
     assert (check.check, check.status, check.value, check.limit) == ("rows", "warn", 500, 1000)
     assert "500 rows for a model of 1000 parameters" in check.message
+
+
+def test_healthy_windows_pass_rows_with_the_default_network() -> None:
+    """A new 4-feature detector at min_records = 500, and 6,000 varied rows of 6 numbers and a category,
+    both warned "the model may memorise the window" with the parameter rule (issue 26)."""
+    four = pd.DataFrame(np.random.default_rng(1).normal(size=(500, 4)), columns=list("abcd"))
+    four_schema = Schema([Feature(c, "numeric") for c in "abcd"])
+    assert check_window(four, four_schema, n_parameters=5324).status == "ok"
+    frame, ts = healthy(6000, seed=2)
+    report = check_window(frame, SCHEMA, n_parameters=6227, timestamps=ts, history=history())
+    assert report.status == "ok", [c.message for c in report.problems]
 
 
 def test_an_empty_window_fails_rows_and_runs_the_rest() -> None:
