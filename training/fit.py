@@ -146,12 +146,21 @@ def fit_model(
         # incident holds the incident's own records, which then vouch for each other.
         screen_model = replace(model, score="reconstruction") if model.score == "hybrid" else model
         screen = fit_model(frame, schema, screen_model, train, replace(threshold, calibration_folds=1), on_epoch)
-        scores = screen.score(frame).scores
+        screened = screen.score(frame)
+        scores = screened.scores
         # Only clear outliers go: beyond q95 + TRIM_SPREADS * (q95 - q50) of the screening model's
         # held-out scores (quantiles that incidents in under 5 % of the window cannot move much), and at
         # most trim_fraction of the window. Trimming ordinary normal rows would cut the top of the
         # held-out distribution too, and the refitted threshold would flag more than target_fpr.
         val = screen.val_scores if screen.val_scores is not None else scores
+        numbers = [j for j, f in enumerate(schema.features) if f.kind != "categorical"]
+        if len(numbers) < len(schema.features) and numbers:
+            # A rare category is not evidence of an incident: an autoencoder reconstructs a row's rarer level
+            # badly however often it occurs, and trimming those rows took rare-but-normal levels out of the
+            # model (a demo's 3xx rows, then marked "never seen"). With categorical features the screen
+            # judges the numeric and boolean features' share of each row's error, on every row.
+            scores = screened.contributions[:, numbers].sum(axis=1)
+            val = scores
         q50, q95 = np.quantile(val, [0.5, 0.95])
         far = scores > q95 + TRIM_SPREADS * (q95 - q50)
         keep = ~far | (scores <= np.quantile(scores, 1.0 - trim_fraction))
@@ -159,6 +168,8 @@ def fit_model(
                            confirmed=confirmed)
         fitted.report["trimmed_rows"] = int(len(frame) - int(keep.sum()))
         fitted.report["n_rows_before_trim"] = len(frame)
+        if not keep.all():
+            _recalibrate(fitted, frame[~keep].reset_index(drop=True), threshold)
         return fitted
     if len(frame) < min_rows_for(0):
         raise InsufficientDataError(len(frame), min_rows_for(0))
@@ -223,6 +234,32 @@ def _numeric_ranges(frame: pd.DataFrame, schema: Schema) -> dict[str, tuple[floa
         if values.size:
             ranges[feature.name] = (float(values.min()), float(values.max()))
     return ranges
+
+
+def _recalibrate(fitted: FittedModel, trimmed: pd.DataFrame, threshold: ThresholdSettings) -> None:
+    """Fit `fitted`'s threshold again with the trimmed rows the refitted model does not find far out.
+
+    The screen's cut removes incidents, and with them the top of a heavy or lumpy normal tail (a rare
+    category's rows, a daily peak). Calibrating on the kept rows alone then sets the threshold below
+    their true 1 - target_fpr quantile, and fresh normal data crosses it 1.5-2.5 times as often as
+    promised. The refitted model never trained on the trimmed rows, so its scores of them are
+    held-out scores like the calibration rows': those within the same clear-outlier cut of its own
+    held-out scores (normal tail) join the calibration; those beyond it (incidents) stay out.
+    """
+    val = fitted.val_scores
+    if val is None or len(trimmed) == 0:
+        return
+    scores = fitted.score(trimmed).scores
+    q50, q95 = np.quantile(val, [0.5, 0.95])
+    tail = scores[scores <= q95 + TRIM_SPREADS * (q95 - q50)]
+    if len(tail) == 0:
+        fitted.report["readmitted_rows"] = 0
+        return
+    calibration = np.concatenate([val, np.asarray(tail, dtype=np.float64)])
+    fitted.threshold = fit_threshold(calibration, threshold.method, threshold.target_fpr, threshold.k)
+    fitted.val_scores = calibration
+    fitted.report["readmitted_rows"] = len(tail)
+    fitted.report["threshold"] = fitted.threshold.to_dict()
 
 
 def _report(
