@@ -26,7 +26,8 @@ def within_floors(result: ScoreResult, frame: pd.DataFrame, rows: npt.NDArray[np
 
     `frame` holds the records' actual values (one column per feature), `result.expected` what the model
     expected. A feature is within its floor when |actual - expected| <= absolute or <= relative * |expected|;
-    a feature without a floor, or a missing value, never is. Returns one boolean per row of `rows`.
+    a feature without a floor, or a missing value, never is, unless it contributes nothing (no cause).
+    Returns one boolean per row of `rows`.
     """
     names = result.feature_names
     within = np.zeros((len(rows), len(names)), dtype=bool)
@@ -42,8 +43,11 @@ def within_floors(result: ScoreResult, frame: pd.DataFrame, rows: npt.NDArray[np
             within[:, j] |= deviation <= floor.absolute
         if floor.relative is not None:
             within[:, j] |= deviation <= floor.relative * np.abs(expected)
-    # the same ranking as the outlier's explanation (stable, largest contribution first)
-    order = np.argsort(-result.contributions_at(rows), axis=1, kind="stable")[:, :top]
+    # the same ranking as the outlier's explanation (stable, largest contribution first); a feature that
+    # contributes nothing (its value is the expected one) is no cause, whatever its floor
+    contributions = result.contributions_at(rows)
+    within |= contributions <= 0
+    order = np.argsort(-contributions, axis=1, kind="stable")[:, :top]
     flags: npt.NDArray[np.bool_] = np.asarray(np.take_along_axis(within, order, axis=1).all(axis=1))
     return flags
 

@@ -27,6 +27,7 @@ from training.artifact import (
 )
 from training.choices import LossName
 from training.errors import ArtifactError
+from training.explain import NormalExplainer
 from training.hybrid import (
     ErrorShares,
     HybridShares,
@@ -143,7 +144,8 @@ class FittedModel:
 
         A score that is NaN (only possible for inputs beyond float32 range) is reported as +inf, so the
         record counts as an outlier instead of silently passing. Contributions split each score over
-        the features; `expected` is the autoencoder's reconstruction. `reviews=False` leaves the
+        the features; `expected` is what normal records like each one hold (`training.explain`) for a point-wise
+        hybrid model, the autoencoder's reconstruction otherwise. `reviews=False` leaves the
         confirmed outliers out of the score (to score those same outliers without their own echo).
         """
         fast = None
@@ -162,7 +164,7 @@ class FittedModel:
             threshold=self.threshold.value,
             is_outlier=scores > self.threshold.value,
             contributions=parts.contributions,
-            expected=Decoded(self.preprocessor, parts.recon),
+            expected=parts.expected if parts.expected is not None else Decoded(self.preprocessor, parts.recon),
             unseen=self.preprocessor.unseen_mask(frame),
             feature_names=self.schema.names,
             components=parts.components,
@@ -289,6 +291,7 @@ class Parts:
     contributions: npt.NDArray[np.float64] | Callable[[Rows], npt.NDArray[np.float64]]
     recon: npt.NDArray[np.float32]
     components: dict[str, npt.NDArray[np.float64]] | None
+    expected: Callable[[Rows], pd.DataFrame] | None = None     # None: the decoded reconstruction
 
 
 def score_parts(
@@ -338,10 +341,14 @@ def score_parts(
             scores.append(score.cpu().numpy())
     recon, all_scores = joined(recons), joined(scores)
     contrib: Callable[[Rows], npt.NDArray[np.float64]]
+    expected: Callable[[Rows], pd.DataFrame] | None = None
     if hybrid and memory is not None:
         contrib = HybridShares(x, slice(last, last + n_cols), memory.bank, joined(neighbours), recon, l1,
                                all_scores, {name: joined(v) for name, v in zs.items()}, scoring.weights,
                                feature_columns(model.preprocessor, model.schema, device))
+        if spec.window == 1:       # point-wise: explained by the normal records like each one (training.explain)
+            explainer = NormalExplainer(x, memory.bank, model.preprocessor, model.schema, all_scores, contrib)
+            contrib, expected = explainer.contributions, explainer.expected
     else:
         # the scored record's inputs: a view of x for a point-wise model; a copy for windows (whose inputs
         # hold the window's earlier records too)
@@ -349,5 +356,5 @@ def score_parts(
         contrib = ErrorShares(recon, own_x, l1, feature_columns(model.preprocessor, model.schema, torch.device("cpu")),
                               all_scores)
     return Parts(all_scores, contrib, recon,
-                 {name: joined(v) for name, v in comps.items()} if hybrid else None)
+                 {name: joined(v) for name, v in comps.items()} if hybrid else None, expected)
 
