@@ -26,6 +26,10 @@ need systemd-nspawn systemd-container "systemd-nspawn, for the service test"
 need debootstrap debootstrap "debootstrap, for the service test's Debian 12 root"
 need shellcheck shellcheck "shellcheck, for the install script test"
 [ -x /usr/bin/chromium ] || { missing_pkgs+=(chromium); missing_what+=("Chromium, for the review page tests (/usr/bin/chromium)"); }
+# playwright's own node (the browser tests' driver) links libatomic.so.1, which a bare Debian 12 lacks and
+# chromium installed without recommends does not bring
+ldconfig -p 2>/dev/null | grep -q 'libatomic\.so\.1' \
+  || { missing_pkgs+=(libatomic1); missing_what+=("libatomic1, for playwright's driver (the browser tests)"); }
 have_pg_server() { ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; }
 have_pg_server || { missing_pkgs+=(postgresql); missing_what+=("PostgreSQL server, for the store tests"); }
 
