@@ -8,6 +8,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import numpy as np
@@ -140,6 +141,8 @@ class Vigil:
                     "threshold": model.threshold, "n_records": model.n_records,
                     "expected_outlier_rate": model.meta.get("threshold", {}).get("expected_outlier_rate"),
                 },
+                # a detector without a model: why, in words (None once it has one)
+                "waiting": None if model is not None else self._waiting(name, det),
                 # versions set aside because they could not be loaded (newest first), and why
                 "rejected_models": [_rejected(m) for m in self.repo.rejected_models(name)],
                 "last_training": None if run is None else {
@@ -153,6 +156,23 @@ class Vigil:
                 },
             }
         return {"detectors": detectors}
+
+    def _waiting(self, name: str, det: DetectorConfig) -> str:
+        """Why detector `name` has no model yet: its training window against training.min_records."""
+        from detector.trainer import window_anchor  # the trainer imports this module
+
+        need = det.training.min_records
+        latest = self.repo.latest_ts(name)
+        anchor = window_anchor(latest, det, datetime.now(UTC))
+        if latest is None or anchor is None:
+            return f"waiting: no records yet (training needs training.min_records={need})"
+        since = anchor - timedelta(seconds=det.training.window)
+        count = self.repo.count_window(name, since, det.review.states_into_training)
+        newest = latest.isoformat(timespec="seconds")
+        if count < need:
+            return (f"waiting: window holds {count} of {need} records (training.window back from "
+                    f"{anchor.isoformat(timespec='seconds')}); the newest record is at {newest}")
+        return f"waiting: window holds {count} records, enough to train: the next training run makes a model"
 
 
 def _rejected(model: ModelVersion) -> dict[str, Any]:

@@ -39,3 +39,6 @@ def status(config_path: Path, as_json: bool) -> None:
         ])
     click.echo(table(["detector", "source", "pending", "scored", "rejected", "outliers", "model",
                        "last training"], rows))
+    for name, d in report["detectors"].items():
+        if d.get("waiting"):
+            click.echo(f"{name}: {d['waiting']}")

@@ -170,7 +170,8 @@ def test_fresh_store(vigil_all: CliAll, runtime: Runtime,
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout) == {"detectors": {"web": {
         "source": "http", "records": {"pending": 0, "scored": 0, "rejected": 0}, "outliers": 0,
-        "model": None, "rejected_models": [], "last_training": None}}}
+        "model": None, "waiting": "waiting: no records yet (training needs training.min_records=200)",
+        "rejected_models": [], "last_training": None}}}
     assert (outliers.returncode, outliers.stdout.strip()) == (0, "no outliers yet")
     assert score.returncode == 1
     assert one_line(score.stderr) == ("vigil: detector 'web' has no active model yet; run `vigil train web`")
@@ -184,6 +185,11 @@ def test_train_then_list_and_score(vigil: Cli, vigil_all: CliAll,
     assert too_few.returncode == 1
     assert too_few.stdout.strip() == "skipped: window holds 150 records, training needs min_records=200"
     assert runtime.vigil.repo.active_model_id("web") is None
+    waiting = vigil("status")
+    assert waiting.returncode == 0, waiting.stderr
+    newest = max(r["ts"] for r in web_records(150))
+    assert (f"web: waiting: window holds 150 of 200 records (training.window back from "
+            f"{datetime.fromisoformat(newest).isoformat(timespec='seconds')})") in waiting.stdout, waiting.stdout
 
     runtime.vigil.ingest("web", web_records(150, seed=1, start=150), "http")
     trained = vigil("train", "web")
