@@ -6,6 +6,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from training.schema import Feature, Schema
+
 N_FEATURES = 6
 
 
@@ -19,6 +21,16 @@ def correlated_frame(n: int, seed: int, noise: float = 0.1) -> pd.DataFrame:
     rng = np.random.default_rng(seed + 1000)
     values = rng.normal(size=(n, 2)) @ loadings() + noise * rng.normal(size=(n, N_FEATURES))
     return pd.DataFrame(values, columns=[f"f{i}" for i in range(N_FEATURES)])
+
+
+# the schema of mixed_frame's columns (its `note` column is left out: it must be ignored)
+MIXED = Schema((
+    Feature("load", "numeric"),
+    Feature("latency", "numeric"),
+    Feature("errors", "numeric", optional=True),
+    Feature("region", "categorical"),
+    Feature("busy", "boolean"),
+))
 
 
 def mixed_frame(n: int, seed: int) -> pd.DataFrame:

@@ -13,20 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.training._data import correlated_frame, mixed_frame
+from tests.training._data import MIXED, correlated_frame, mixed_frame
 from tests.training.conftest import FAST
 from training.fit import fit_model
 from training.fitted import FittedModel
-from training.schema import Feature, Schema
 from training.settings import ModelSettings
 
-MIXED = Schema((
-    Feature("load", "numeric"),
-    Feature("latency", "numeric"),
-    Feature("errors", "numeric", optional=True),
-    Feature("region", "categorical"),
-    Feature("busy", "boolean"),
-))
 N = 200
 
 

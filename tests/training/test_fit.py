@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import safetensors.torch
 
-from tests.training._data import auc, correlated_frame, mixed_frame
+from tests.training._data import MIXED, auc, correlated_frame, mixed_frame
 from tests.training.conftest import FAST
 from training.errors import ArtifactError, InsufficientDataError
 from training.fit import fit_model
@@ -19,14 +19,6 @@ from training.loop import TrainSettings
 from training.model import AutoencoderSpec, DenseAutoencoder
 from training.schema import Feature, Schema
 from training.settings import ModelSettings, ThresholdSettings, min_rows_for
-
-MIXED = Schema((
-    Feature("load", "numeric"),
-    Feature("latency", "numeric"),
-    Feature("errors", "numeric", optional=True),
-    Feature("region", "categorical"),
-    Feature("busy", "boolean"),
-))
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.training._data import mixed_frame
+from tests.training._data import MIXED, mixed_frame
 from training.preprocess import Preprocessor
 from training.schema import Feature, Schema
-
-MIXED = Schema((
-    Feature("load", "numeric"),
-    Feature("latency", "numeric"),
-    Feature("errors", "numeric", optional=True),
-    Feature("region", "categorical"),
-    Feature("busy", "boolean"),
-))
 
 
 def _numeric(values: list[float] | np.ndarray, unit_range: bool = False) -> Preprocessor:
