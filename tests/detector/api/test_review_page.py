@@ -31,7 +31,6 @@ from detector.config import load_config
 from detector.daemon import Runtime, build_runtime
 from detector.store.types import OutlierFilter
 from tests.detector.conftest import HTTP_DETECTOR
-from tests.support.browser import CHROMIUM, playwright
 from tests.support.config import heading, write_config_file
 
 if TYPE_CHECKING:
@@ -39,8 +38,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 SCREENSHOT_COPY = Path("/tmp/vigil-review.png")
 
 START = datetime(2025, 3, 3, tzinfo=UTC)
@@ -142,17 +139,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     seed_data(runtime)
     with Server(runtime) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    sync_api = playwright("the review page tests")
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @dataclass

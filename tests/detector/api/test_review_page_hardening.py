@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.detector.api.test_review_page import (
-    CHROMIUM_ARGS,
     N_NORMAL,
     START,
     Server,
@@ -30,7 +29,6 @@ from tests.detector.api.test_review_page import (
     seed_data,
     stored,
 )
-from tests.support.browser import CHROMIUM, playwright
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -58,17 +56,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     assert result.accepted == 1 and not result.rejected, result.rejected
     with Server(runtime) as srv:
         yield srv
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    sync_api = playwright("the review page tests")
-    with sync_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture
