@@ -283,3 +283,15 @@ def anomalous_records(n: int) -> list[dict[str, Any]]:
     now = datetime.now(UTC)
     return [{"ts": now.isoformat(), "host": f"web-{i}", "load": 0.3, "cpu": 400.0, "latency": 1500.0 + i,
              "region": "mars"} for i in range(n)]
+
+
+def live_prometheus_config(vigil_port: int, alertmanager_port: int | None = None) -> str:
+    """prometheus.yml for a live test: every second, Vigil's rules (rules.yml beside it), one daemon on
+    loopback, and alerts sent to an Alertmanager when its port is given."""
+    alerting = "" if alertmanager_port is None else (
+        "alerting:\n  alertmanagers:\n    - static_configs:\n"
+        f'        - targets: ["127.0.0.1:{alertmanager_port}"]\n')
+    return ("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+            "rule_files:\n  - rules.yml\n" + alerting +
+            "scrape_configs:\n  - job_name: vigil\n    static_configs:\n"
+            f'      - targets: ["127.0.0.1:{vigil_port}"]\n')

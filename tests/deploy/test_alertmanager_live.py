@@ -25,7 +25,15 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.deploy._support import DEPLOY, REPO, RULES, anomalous_records, normal_records, require_binary
+from tests.deploy._support import (
+    DEPLOY,
+    REPO,
+    RULES,
+    anomalous_records,
+    live_prometheus_config,
+    normal_records,
+    require_binary,
+)
 from tests.support.config import WEB_FEATURES, config_text, daemon_heading, detector, write_config_file
 from tests.support.daemon import daemon_env, vigil_run
 from tests.support.net import free_port
@@ -91,23 +99,6 @@ def fast_alertmanager(text: str, webhook: str) -> str:
     return re.sub(r"http://127\.0\.0\.1:9095", webhook, text)
 
 
-PROMETHEUS_CONFIG = """
-global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-  evaluation_interval: 1s
-rule_files:
-  - rules.yml
-alerting:
-  alertmanagers:
-    - static_configs:
-        - targets: ["127.0.0.1:{alertmanager}"]
-scrape_configs:
-  - job_name: vigil
-    static_configs:
-      - targets: ["127.0.0.1:{vigil}"]
-"""
-
 
 @pytest.fixture
 def webhook() -> Iterator[Webhook]:
@@ -125,7 +116,7 @@ def test_outlier_alert_reaches_the_webhook_with_a_review_link(tmp_path: Path, we
     work.mkdir()
     (work / "rules.yml").write_text(fast_rules(RULES.read_text(encoding="utf-8")), encoding="utf-8")
     (work / "prometheus.yml").write_text(
-        PROMETHEUS_CONFIG.format(vigil=vigil_port, alertmanager=alertmanager_port), encoding="utf-8")
+        live_prometheus_config(vigil_port, alertmanager_port), encoding="utf-8")
     (work / "alertmanager.yml").write_text(
         fast_alertmanager(ALERTMANAGER_CONFIG.read_text(encoding="utf-8"), webhook.url), encoding="utf-8")
 

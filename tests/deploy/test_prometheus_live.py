@@ -29,6 +29,7 @@ from tests.deploy._support import (
     anomalous_records,
     checked_queries,
     dashboard,
+    live_prometheus_config,
     normal_records,
     panel_queries,
     require_binary,
@@ -59,19 +60,6 @@ def stack_config(port: int) -> str:
         detector("broken", WEB_FEATURES, model={**model, "device": "cuda:99"}, training=training,
                  scoring={"interval": "1s"}))
 
-
-PROMETHEUS_CONFIG = """
-global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-  evaluation_interval: 1s
-rule_files:
-  - rules.yml
-scrape_configs:
-  - job_name: vigil
-    static_configs:
-      - targets: ["127.0.0.1:{port}"]
-"""
 
 
 class Client:
@@ -133,7 +121,7 @@ def running_stack(tmp_path: Path, prometheus_bin: str) -> Iterator[tuple[Client,
     prom_dir = tmp_path / "prometheus"
     prom_dir.mkdir()
     shutil.copy(RULES, prom_dir / "rules.yml")
-    (prom_dir / "prometheus.yml").write_text(PROMETHEUS_CONFIG.format(port=vigil_port), encoding="utf-8")
+    (prom_dir / "prometheus.yml").write_text(live_prometheus_config(vigil_port), encoding="utf-8")
 
     procs: list[Process] = []
     client = Client(f"http://127.0.0.1:{vigil_port}", f"http://127.0.0.1:{prometheus_port}",
