@@ -22,7 +22,7 @@ from detector.review import ReviewService
 from detector.store.repository import Repository
 from detector.store.types import IngestScores, ModelVersion
 
-__all__ = ["DetectorSink", "IngestScorer", "Vigil"]
+__all__ = ["DetectorSink", "IngestScorer", "Vigil", "window_anchor"]
 
 logger = logging.getLogger(__name__)
 
@@ -157,22 +157,36 @@ class Vigil:
             }
         return {"detectors": detectors}
 
+    def window_since(self, name: str) -> datetime | None:
+        """Start of detector `name`'s training window: training.window before its anchor (`window_anchor`);
+        None when the detector has no records."""
+        det = self.detector(name)
+        anchor = window_anchor(self.repo.latest_ts(name), det, datetime.now(UTC))
+        return None if anchor is None else anchor - timedelta(seconds=det.training.window)
+
     def _waiting(self, name: str, det: DetectorConfig) -> str:
         """Why detector `name` has no model yet: its training window against training.min_records."""
-        from detector.trainer import window_anchor  # the trainer imports this module
-
         need = det.training.min_records
+        since = self.window_since(name)
         latest = self.repo.latest_ts(name)
-        anchor = window_anchor(latest, det, datetime.now(UTC))
-        if latest is None or anchor is None:
+        if since is None or latest is None:
             return f"waiting: no records yet (training needs training.min_records={need})"
-        since = anchor - timedelta(seconds=det.training.window)
         count = self.repo.count_window(name, since, det.review.states_into_training)
-        newest = latest.isoformat(timespec="seconds")
         if count < need:
+            anchor = since + timedelta(seconds=det.training.window)
             return (f"waiting: window holds {count} of {need} records (training.window back from "
-                    f"{anchor.isoformat(timespec='seconds')}); the newest record is at {newest}")
+                    f"{anchor.isoformat(timespec='seconds')}); the newest record is at "
+                    f"{latest.isoformat(timespec='seconds')}")
         return f"waiting: window holds {count} records, enough to train: the next training run makes a model"
+
+
+def window_anchor(latest: datetime | None, det: DetectorConfig, now: datetime) -> datetime | None:
+    """Where a training window ends: the newest record, or now where that record lies ahead of now (a
+    record timed in the future must not push the window past every other record); None without records.
+    The demo source's simulated time runs ahead of the clock: its window ends at its newest record."""
+    if latest is None or det.max_ahead is None:
+        return latest
+    return min(latest, now)
 
 
 def _rejected(model: ModelVersion) -> dict[str, Any]:

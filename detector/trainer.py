@@ -17,7 +17,7 @@ from detector.errors import StorageError
 from detector.frames import records_frame
 from detector.metrics import TRAINING_BLOCKED_REASONS
 from detector.scheduler import slot_served
-from detector.service import Vigil
+from detector.service import Vigil, window_anchor
 from detector.store.models import INTERRUPTED
 from detector.store.repository import Repository
 from detector.store.types import ModelVersion, PendingRecord
@@ -31,7 +31,7 @@ from training.preprocess import Preprocessor
 from training.settings import ModelSettings, ThresholdSettings, settings_from
 from training.thresholds import tune_with_reviews
 
-__all__ = ["Trainer", "TrainingAborted", "TrainingOutcome", "settings_for", "window_anchor"]
+__all__ = ["Trainer", "TrainingAborted", "TrainingOutcome", "settings_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +58,6 @@ def settings_for(det: DetectorConfig) -> tuple[ModelSettings, TrainSettings, Thr
     train = settings_from(TrainSettings, m, max_seconds="max_train_time")
     threshold = settings_from(ThresholdSettings, det.threshold.model_dump())
     return model, train, threshold
-
-
-def window_anchor(latest: datetime | None, det: DetectorConfig, now: datetime) -> datetime | None:
-    """Where a training window ends: the newest record, or now where that record lies ahead of now (a
-    record timed in the future must not push the window past every other record); None without records.
-    The demo source's simulated time runs ahead of the clock: its window ends at its newest record."""
-    if latest is None or det.max_ahead is None:
-        return latest
-    return min(latest, now)
 
 
 def diversity_report(repo: Repository, name: str, det: DetectorConfig, records: list[PendingRecord],
@@ -107,13 +98,8 @@ class Trainer:
             return name in self._running
 
     def window_since(self, name: str) -> datetime | None:
-        """Start of the training window: `window` before its anchor (the newest record, or now where that
-        record lies ahead of now); None when the detector has no records."""
-        det = self._vigil.detector(name)
-        anchor = window_anchor(self._vigil.repo.latest_ts(name), det, datetime.now(UTC))
-        if anchor is None:
-            return None
-        return anchor - timedelta(seconds=det.training.window)
+        """Start of the training window (`Vigil.window_since`); None when the detector has no records."""
+        return self._vigil.window_since(name)
 
     def ready_for_first_model(self, name: str) -> bool:
         """True when there is no model yet, none is training, and the window holds min_records.

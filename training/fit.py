@@ -161,8 +161,7 @@ def fit_model(
             # judges the numeric and boolean features' share of each row's error, on every row.
             scores = screened.contributions[:, numbers].sum(axis=1)
             val = scores
-        q50, q95 = np.quantile(val, [0.5, 0.95])
-        far = scores > q95 + TRIM_SPREADS * (q95 - q50)
+        far = scores > _far_cut(val)
         keep = ~far | (scores <= np.quantile(scores, 1.0 - trim_fraction))
         fitted = fit_model(frame[keep].reset_index(drop=True), schema, model, train, threshold, on_epoch,
                            confirmed=confirmed)
@@ -236,6 +235,12 @@ def _numeric_ranges(frame: pd.DataFrame, schema: Schema) -> dict[str, tuple[floa
     return ranges
 
 
+def _far_cut(held_out: npt.NDArray[np.float64]) -> float:
+    """Where a clear outlier starts: q95 + TRIM_SPREADS * (q95 - q50) of held-out scores."""
+    q50, q95 = np.quantile(held_out, [0.5, 0.95])
+    return float(q95 + TRIM_SPREADS * (q95 - q50))
+
+
 def _recalibrate(fitted: FittedModel, trimmed: pd.DataFrame, threshold: ThresholdSettings) -> None:
     """Fit `fitted`'s threshold again with the trimmed rows the refitted model does not find far out.
 
@@ -250,8 +255,7 @@ def _recalibrate(fitted: FittedModel, trimmed: pd.DataFrame, threshold: Threshol
     if val is None or len(trimmed) == 0:
         return
     scores = fitted.score(trimmed).scores
-    q50, q95 = np.quantile(val, [0.5, 0.95])
-    tail = scores[scores <= q95 + TRIM_SPREADS * (q95 - q50)]
+    tail = scores[scores <= _far_cut(val)]
     if len(tail) == 0:
         fitted.report["readmitted_rows"] = 0
         return
