@@ -36,6 +36,7 @@ import numpy.typing as npt
 import pandas as pd
 import torch
 
+from training.hybrid import feature_columns
 from training.preprocess import Preprocessor
 from training.result import Rows
 from training.schema import Schema
@@ -67,10 +68,8 @@ class NormalExplainer:
         self.x, self.bank, self.preprocessor, self.scores, self.fallback = x, bank, preprocessor, scores, fallback
         self.n_columns = preprocessor.n_columns
         self.k = max(1, min(k, int(bank.shape[0])))
-        owner = np.empty(self.n_columns, dtype=np.int64)
-        for j, name in enumerate(schema.names):
-            owner[preprocessor.feature_slices[name]] = j
-        self.owner = torch.from_numpy(owner).to(bank.device)
+        owner = feature_columns(preprocessor, schema, bank.device)       # each encoded column's feature
+        self.owner = owner if owner is not None else torch.arange(self.n_columns, device=bank.device)
         self.n_features = len(schema.features)
         # a categorical block compares levels, a boolean its side of 0.5 (the missing columns of optional
         # numbers belong to the number's block and count as numbers)
