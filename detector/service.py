@@ -142,7 +142,9 @@ class Vigil:
                     "expected_outlier_rate": model.meta.get("threshold", {}).get("expected_outlier_rate"),
                 },
                 # a detector without a model: why, in words (None once it has one)
-                "waiting": None if model is not None else self._waiting(name, det),
+                "waiting": None if model is not None else (
+                    "training: the first model is being trained" if run is not None and run.result == "running"
+                    else self._waiting(name, det)),
                 # versions set aside because they could not be loaded (newest first), and why
                 "rejected_models": [_rejected(m) for m in self.repo.rejected_models(name)],
                 "last_training": None if run is None else {
