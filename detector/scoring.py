@@ -225,7 +225,7 @@ class Scorer:
         """Score a batch: one model call, then explanations for the flagged and unusual rows only."""
         det = self._vigil.detector(name)
         model = active.model
-        context = model.scoring.window > 1 or model.scoring.time_features
+        context = model.needs_context
         history = None
         if model.needs_history:
             first: dict[str | None, datetime] = {}

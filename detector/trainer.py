@@ -214,24 +214,25 @@ class Trainer:
         return None
 
     def _confirmed(self, name: str, det: DetectorConfig,
-                   reviewed: list[tuple[str, dict[str, Any]]]) -> pd.DataFrame | None:
+                   reviewed: list[tuple[str, dict[str, Any], str | None]]) -> pd.DataFrame | None:
         """The records of outliers people confirmed, oldest first, for a point-wise hybrid model to remember
         (`reviewed`: the newest verdicts, newest first, as `reviewed_fields` gives them)."""
         m = det.model
         if m.review_weight == 0 or m.score != "hybrid" or m.window > 1 or m.time_features:
             return None
-        fields = [f for verdict, f in reversed(reviewed) if verdict == "confirmed"]
+        fields = [(f, key) for verdict, f, key in reversed(reviewed) if verdict == "confirmed"]
         if not fields:
             return None
         now = datetime.now(UTC)
-        try:
-            return records_frame([PendingRecord(i, now, None, f) for i, f in enumerate(fields)], det.feature_schema)
+        try:       # with their keys: a per-key model judges them against their key's normal
+            return records_frame([PendingRecord(i, now, key, f) for i, (f, key) in enumerate(fields)],
+                                 det.feature_schema, context=True)
         except (KeyError, ValueError) as exc:     # verdicts on records of an older schema
             logger.warning("confirmed outliers not used", extra={"detector": name, "error": str(exc)})
             return None
 
     def _tune_with_reviews(self, name: str, det: DetectorConfig, fitted: FittedModel,
-                           reviewed: list[tuple[str, dict[str, Any]]]) -> None:
+                           reviewed: list[tuple[str, dict[str, Any], str | None]]) -> None:
         """With enough verdicts, move the threshold to the best F1 on reviewed outliers within the FP budget."""
         review = det.review
         if not review.tune_threshold or fitted.val_scores is None:
@@ -240,14 +241,15 @@ class Trainer:
             logger.info("threshold not tuned with reviews: the model reads times and keys the verdicts lack",
                         extra={"detector": name})
             return
-        confirmed = [fields for verdict, fields in reviewed if verdict == "confirmed"]
-        dismissed = [fields for verdict, fields in reviewed if verdict == "dismissed"]
+        confirmed = [(fields, key) for verdict, fields, key in reviewed if verdict == "confirmed"]
+        dismissed = [(fields, key) for verdict, fields, key in reviewed if verdict == "dismissed"]
         if len(confirmed) + len(dismissed) < review.min_verdicts or not confirmed or not dismissed:
             return
         now = datetime.now(UTC)
-        reviewed_records = [PendingRecord(i, now, None, f) for i, f in enumerate(confirmed + dismissed)]
+        reviewed_records = [PendingRecord(i, now, key, f) for i, (f, key) in enumerate(confirmed + dismissed)]
         # scored without the confirmed outliers the model remembers: each would be its own nearest one
-        scores = fitted.score(records_frame(reviewed_records, det.feature_schema), reviews=False).scores
+        frame = records_frame(reviewed_records, det.feature_schema, context=True)
+        scores = fitted.score(frame, reviews=False).scores
         tuned, summary = tune_with_reviews(fitted.threshold, fitted.val_scores, scores[: len(confirmed)],
                                            scores[len(confirmed):], det.threshold.target_fpr * review.max_fpr_factor)
         fitted.threshold = tuned

@@ -115,6 +115,12 @@ class FittedModel:
         self.val_scores: npt.NDArray[np.float64] | None = None
 
     @property
+    def needs_context(self) -> bool:
+        """Whether scoring reads each record's timestamp and key (the frame's TS_COLUMN and KEY_COLUMN):
+        time features, sequence mode, per-key normal."""
+        return self.scoring.time_features or self.scoring.window > 1 or self.preprocessor.keys is not None
+
+    @property
     def needs_history(self) -> bool:
         """Whether scoring a record needs the records of its key before it (sequence mode)."""
         return self.scoring.window > 1
@@ -328,7 +334,8 @@ def score_parts(
             else:
                 if memory is None or scoring.normalizer is None:
                     raise ArtifactError("a hybrid model needs a neighbour memory and a normalizer")
-                near = memory.query(memory_view(xb, spec.window))
+                view = memory_view(xb, spec.window)
+                near = memory.query(view, memory.own_rows(view))
                 values = {"reconstruction": rec, "distance": near.distance.double(), "density": near.density.double()}
                 affinity = None
                 if reviews and model.incidents is not None and scoring.review_weight > 0:

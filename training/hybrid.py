@@ -88,10 +88,7 @@ def feature_columns(preprocessor: Preprocessor, schema: Schema, device: torch.de
     to; None when that is the identity (one column per feature, in order)."""
     if preprocessor.n_columns == len(schema.features):
         return None
-    owner = torch.empty(preprocessor.n_columns, dtype=torch.long)
-    for j, name in enumerate(schema.names):
-        owner[preprocessor.feature_slices[name]] = j
-    return owner.to(device)
+    return torch.from_numpy(preprocessor.column_owner.astype(np.int64)).to(device)
 
 
 def _per_feature(values: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:

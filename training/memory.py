@@ -77,6 +77,9 @@ class NeighborResult:
         return self._mean
 
 
+_HASH_SEED = 20_261_207     # own_rows' projection: any fixed direction will do
+
+
 class NeighborMemory:
     """Up to `size` encoded training rows `bank` [m, d] and each one's leave-one-out k-th distance.
 
@@ -102,6 +105,7 @@ class NeighborMemory:
         self._lists: _Lists | bool | None = None          # built on the first approximate query; False: too few rows
         self._plain: tuple[torch.Tensor, torch.Tensor] | None = None   # bank.T and ||b||^2, made on first use
         self._screen: _Screen | bool | None = None        # built on the first CPU query; False: not usable
+        self._hashes: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None    # own_rows' lookup
         # Rows with k or more exact twins have a k-th distance of 0 (an idle host reporting the same
         # values): the density ratio divides by at least a tenth of the typical k-th distance instead.
         positive = self.kdist[self.kdist > 0]
@@ -138,6 +142,28 @@ class NeighborMemory:
     def prepare(self) -> None:
         """Make what `query` needs now (the approximate search's cells), not at the first query."""
         self._lists_built()
+
+    def own_rows(self, q: torch.Tensor) -> torch.Tensor:
+        """[n]: for each query row, a bank row exactly equal to it (-1: none), to leave out of its query.
+
+        A record the memory holds (the window's records scored by the model trained on them: the first
+        model scores its own backfill) would find itself at distance 0. Left out, it is scored as the
+        threshold's calibration rows were, against the memory without itself; a new record equal to a
+        remembered one is scored the same way. Found by a random projection of each row (one product and a
+        binary search), every candidate checked column by column.
+        """
+        if self._hashes is None:
+            generator = torch.Generator().manual_seed(_HASH_SEED)
+            direction = torch.randn(self.bank.shape[1], generator=generator, dtype=torch.float64)
+            hashes = self.bank.cpu().double() @ direction
+            order = torch.argsort(hashes, stable=True)
+            self._hashes = (direction, hashes[order].contiguous(), order)
+        direction, sorted_hashes, order = self._hashes
+        qh = q.detach().cpu().double() @ direction
+        at = torch.searchsorted(sorted_hashes, qh).clamp_max(len(sorted_hashes) - 1)
+        candidate = order[at]
+        equal = (sorted_hashes[at] == qh) & (self.bank.cpu()[candidate] == q.detach().cpu().float()).all(dim=1)
+        return torch.where(equal, candidate, torch.full_like(candidate, -1)).to(q.device)
 
     def _plain_parts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The bank transposed [d, m] and its rows' squared norms [m], for the exact search's product."""

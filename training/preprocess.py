@@ -13,6 +13,7 @@ import pandas as pd
 
 from training._columns import boolean_values, category_values, numeric_values, take_column
 from training.choices import Scaling
+from training.keys import KeyNormal
 from training.schema import Feature, Schema
 
 __all__ = ["MISSING", "OTHER", "UNSEEN", "Preprocessor", "numeric_block"]
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 OTHER = "__other__"
 UNSEEN = "__unseen__"
 MISSING = "__missing__"
+KEY_SUFFIX = "@key"       # a feature's per-key column: its distance from (or difference to) its key's normal
 # Encoded numeric values are clipped to this many scale units from the centre: a finite value beyond
 # float32's range (validation accepts 1e39) would otherwise become inf, making training diverge and a
 # score's explanation unreadable. A record this far out still scores far above any threshold.
@@ -132,9 +134,11 @@ class Preprocessor:
     """
 
     def __init__(
-        self, schema: Schema, states: Mapping[str, _State], *, max_categories: int, unit_range: bool
+        self, schema: Schema, states: Mapping[str, _State], *, max_categories: int, unit_range: bool,
+        keys: KeyNormal | None = None,
     ) -> None:
         self.schema = schema
+        self.keys = keys
         self.max_categories = max_categories
         self.unit_range = unit_range
         self._states = {f.name: states[f.name] for f in schema.features}
@@ -151,6 +155,17 @@ class Preprocessor:
             start = len(self.columns)
             self.columns += _feature_columns(feature, self._states[feature.name])
             self.feature_slices[feature.name] = slice(start, len(self.columns))
+        # per-key normal (training.keys): one more column per feature, after every feature's own columns
+        self.key_start = len(self.columns)
+        if keys is not None:
+            self.columns += [f"{name}{KEY_SUFFIX}" for name in schema.names]
+        # each column's feature (schema position)
+        owner = np.empty(len(self.columns), dtype=np.intp)
+        for j, name in enumerate(schema.names):
+            owner[self.feature_slices[name]] = j
+        owner[self.key_start:] = np.arange(len(self.columns) - self.key_start)
+        self.column_owner = owner
+        self._first_columns = {name: self.feature_slices[name].start for name in schema.names}
         # Required numeric features are encoded as one block (one column each): their names, encoded
         # column positions and scaling as arrays.
         plain = [f.name for f in schema.features if isinstance(self._states[f.name], _Numeric) and not f.optional]
@@ -170,9 +185,12 @@ class Preprocessor:
     @classmethod
     def fit(
         cls, frame: pd.DataFrame, schema: Schema, max_categories: int = 50, unit_range: bool = False,
-        scaling: Scaling = "robust",
+        scaling: Scaling = "robust", per_key: bool = False,
     ) -> Preprocessor:
         """Learn centres, spreads and category lists from `frame` (extra columns are ignored).
+
+        With `per_key` and a frame whose KEY_COLUMN holds at least 2 keys, each key's own normal too
+        (`training.keys.KeyNormal`): the encoding then has one more column per feature. Not with `unit_range`.
 
         Numeric scaling: "robust" (median and interquartile range, falling back to the standard
         deviation), "standard" (mean and standard deviation); `unit_range` (the 1st to 99th
@@ -193,7 +211,13 @@ class Preprocessor:
             else:
                 boolean_values(column, f.name, f.optional)  # validates the values
                 states[f.name] = _Boolean()
-        return cls(schema, states, max_categories=max_categories, unit_range=unit_range)
+        plain = cls(schema, states, max_categories=max_categories, unit_range=unit_range)
+        if not per_key or unit_range:
+            return plain
+        keys = KeyNormal.fit(frame, schema, plain.transform(frame), plain._first_columns)
+        if keys is None:
+            return plain
+        return cls(schema, states, max_categories=max_categories, unit_range=unit_range, keys=keys)
 
     def transform(self, frame: pd.DataFrame) -> npt.NDArray[np.float32]:
         """Encode `frame` into shape [n, n_columns]. KeyError for a missing feature column."""
@@ -213,6 +237,8 @@ class Preprocessor:
         for f in self.schema.features:
             if f.name not in done:
                 out[:, self.feature_slices[f.name]] = self._encode(f, take_column(frame, f.name))
+        if self.keys is not None:
+            out[:, self.key_start:] = self.keys.columns(frame, out, self._first_columns)
         return out
 
     def _plain_block(self, frame: pd.DataFrame) -> npt.NDArray[np.float64] | None:
@@ -361,12 +387,15 @@ class Preprocessor:
                 states[name] = {"categories": list(state.categories), "other": list(state.other)}
             else:
                 states[name] = {}
-        return {
+        out: dict[str, Any] = {
             "schema": self.schema.to_dict(),
             "max_categories": self.max_categories,
             "unit_range": self.unit_range,
             "states": states,
         }
+        if self.keys is not None:
+            out["keys"] = self.keys.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Preprocessor:
@@ -388,7 +417,9 @@ class Preprocessor:
             else:
                 state = _Boolean()
             states[f.name] = state
-        return cls(schema, states, max_categories=int(d["max_categories"]), unit_range=bool(d["unit_range"]))
+        keys = KeyNormal.from_dict(schema, d["keys"]) if d.get("keys") is not None else None
+        return cls(schema, states, max_categories=int(d["max_categories"]), unit_range=bool(d["unit_range"]),
+                   keys=keys)
 
 
 def _decode_category(

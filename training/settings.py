@@ -104,7 +104,8 @@ class ModelSettings(NetworkSettings):
     to its normal neighbours / distance to the nearest confirmed outlier); 0 turns it off.
     `neighbor_search` (hybrid): how the nearest remembered rows are found, "exact" or "approximate" (among
     the rows of the few k-means cells of the memory nearest to a record: faster, now and then a neighbour
-    missed; `training.memory.NeighborMemory`).
+    missed; `training.memory.NeighborMemory`). `per_key`: when the training frame holds several keys (its
+    KEY_COLUMN), each record is also judged against its own key's normal (`training.keys.KeyNormal`).
     """
 
     scaling: Scaling = "standard"
@@ -115,6 +116,7 @@ class ModelSettings(NetworkSettings):
     time_features: bool = False
     review_weight: float = 4.0
     neighbor_search: Search = "approximate"
+    per_key: bool = True
 
     def __post_init__(self) -> None:
         if self.neighbor_search not in SEARCHES:

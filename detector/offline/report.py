@@ -214,9 +214,8 @@ def _latent_section(data: ReportData) -> str:
     if not chosen:
         chart = svgplot.scatter({}, title="Latent space", x_label="", y_label="")
         return _section("latent", "Latent space", chart, "No scored records to place.")
-    scoring = data.fitted.scoring           # sequence models and time features read times and keys
-    frame = records_frame([r for r, _, _ in data.recent], data.fitted.schema,
-                          context=scoring.window > 1 or scoring.time_features)
+    # sequence models, time features and per-key normal read times and keys
+    frame = records_frame([r for r, _, _ in data.recent], data.fitted.schema, context=data.fitted.needs_context)
     codes = data.fitted.encode(frame)[keep]  # all encoded, so that a sequence model sees each record's neighbours
     xy, (x_label, y_label) = latent_map(codes)
     groups: dict[str, tuple[list[float], list[float]]] = {"normal": ([], []), "outlier": ([], [])}

@@ -45,8 +45,7 @@ def score_file(config: Config, detector: str, path: Path) -> tuple[pd.DataFrame,
     rows: list[dict[str, object]] = []
     if batch.accepted:
         pending = [PendingRecord(i, r.ts, r.key, r.fields) for i, r in enumerate(batch.accepted)]
-        context = model.scoring.window > 1 or model.scoring.time_features
-        result = model.score(records_frame(pending, det.feature_schema, context=context))
+        result = model.score(records_frame(pending, det.feature_schema, context=model.needs_context))
         for i, record in enumerate(batch.accepted):
             top = result.top_contributions(i, record.fields, 1)
             rows.append({"ts": record.ts.isoformat(), "key": record.key, **{

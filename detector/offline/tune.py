@@ -182,8 +182,8 @@ def _window(repo: Repository, name: str, det: DetectorConfig, max_rows: int) -> 
 
 
 def _needs_context(det: DetectorConfig) -> bool:
-    """Sequence models and time features read each record's time and key, as in the trainer."""
-    return det.model.window > 1 or det.model.time_features
+    """Sequence models, time features and per-key normal read each record's time and key, as in the trainer."""
+    return det.model.window > 1 or det.model.time_features or det.model.per_key
 
 
 def _candidate_config(det: DetectorConfig, candidate: Candidate, epochs: int) -> DetectorConfig:
@@ -230,8 +230,8 @@ def _reviewed(repo: Repository, name: str, det: DetectorConfig) -> tuple[pd.Data
     now = datetime.now(UTC)
     frames = []
     for verdict in ("confirmed", "dismissed"):
-        records = [PendingRecord(i, now, None, f) for i, (v, f) in enumerate(verdicts) if v == verdict]
-        frames.append(records_frame(records, det.feature_schema))
+        records = [PendingRecord(i, now, key, f) for i, (v, f, key) in enumerate(verdicts) if v == verdict]
+        frames.append(records_frame(records, det.feature_schema, context=True))
     return (frames[0], frames[1]) if len(frames[0]) else None
 
 
@@ -245,7 +245,7 @@ def run_tuning(config: Config, detector: str, grid: Grid, epochs: int = 30, max_
     try:
         frame = _window(repo, detector, det, max_rows)
         # reviewed outliers are stored without their neighbours in time: a sequence model cannot score them
-        reviewed = None if _needs_context(det) else _reviewed(repo, detector, det)
+        reviewed = None if det.model.window > 1 or det.model.time_features else _reviewed(repo, detector, det)
     finally:
         repo.dispose()
     if len(frame) < det.training.min_records:

@@ -153,13 +153,13 @@ class Reviews(SessionScope):
                                    .group_by(OutlierRow.detector, OutlierRow.review_state)).all()
         return {(d, s): int(n) for d, s, n in rows}
 
-    def reviewed_fields(self, detector: str, limit: int = 10_000) -> list[tuple[str, dict[str, Any]]]:
-        """(verdict, record fields) of the newest reviewed outliers of a detector."""
+    def reviewed_fields(self, detector: str, limit: int = 10_000) -> list[tuple[str, dict[str, Any], str | None]]:
+        """(verdict, record fields, record key) of the newest reviewed outliers of a detector."""
         with self._read("read reviewed outliers") as session:
-            rows = session.execute(select(OutlierRow.review_state, OutlierRow.fields)
+            rows = session.execute(select(OutlierRow.review_state, OutlierRow.fields, OutlierRow.key)
                                    .where(OutlierRow.detector == detector, OutlierRow.review_state.in_(VERDICTS))
                                    .order_by(OutlierRow.id.desc()).limit(limit)).all()
-        return [(str(state), dict(fields)) for state, fields in rows]
+        return [(str(state), dict(fields), key) for state, fields, key in rows]
 
     # -- maintenance windows -------------------------------------------------------------------
     def add_window(self, detector: str, start: datetime, end: datetime, reason: str | None) -> MaintenanceWindow:
