@@ -316,8 +316,8 @@ class Trainer:
         trim = det.training.first_window_trim if first else 0.0
         reviewed = vigil.repo.reviews.reviewed_fields(name)     # read once: the memory and the threshold use it
         try:
-            if det.model.window > 1 or det.model.time_features:   # sequence models read times and keys
-                frame = records_frame(records, det.feature_schema, context=True)
+            if det.model.window > 1 or det.model.time_features or det.model.per_key != "off":
+                frame = records_frame(records, det.feature_schema, context=True)    # times and keys are read
             fitted = fit_model(frame, det.feature_schema, model_settings, train_settings, threshold_settings,
                                on_epoch=hook, trim_fraction=trim, confirmed=self._confirmed(name, det, reviewed))
         except (TrainingError, TrainingAborted, ValueError, KeyError, RuntimeError) as exc:

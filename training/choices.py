@@ -11,6 +11,7 @@ from typing import Literal, get_args
 
 __all__ = [
     "ARCHS",
+    "PER_KEY",
     "SCORE_KINDS",
     "SEARCHES",
     "THRESHOLD_METHODS",
@@ -49,3 +50,5 @@ ScoreKind = Literal["hybrid", "reconstruction", "elbo"]
 Search = Literal["approximate", "exact"]
 SCORE_KINDS: tuple[str, ...] = get_args(ScoreKind)
 SEARCHES: tuple[str, ...] = get_args(Search)
+PerKey = Literal["auto", "on", "off"]
+PER_KEY: tuple[str, ...] = get_args(PerKey)

@@ -29,10 +29,11 @@ from training._columns import boolean_values, category_values, numeric_values, t
 from training.schema import Schema
 from training.sequence import KEY_COLUMN
 
-__all__ = ["KEY_CLIP", "MAX_KEYS", "USUAL_SHARE", "KeyNormal"]
+__all__ = ["AUTO_KEYS", "KEY_CLIP", "MAX_KEYS", "USUAL_SHARE", "KeyNormal"]
 
 logger = logging.getLogger(__name__)
 
+AUTO_KEYS = 20           # per_key "auto": on from this many keys in the window
 MAX_KEYS = 100_000       # keys remembered (those with the most rows); others are scored as new keys
 USUAL_SHARE = 0.9        # a key's usual categorical / boolean value: held by at least this share of its rows
 KEY_CLIP = 1e6           # key columns are clipped to this many scale units, as the encoded values are
@@ -76,14 +77,15 @@ class KeyNormal:
 
     @classmethod
     def fit(cls, frame: pd.DataFrame, schema: Schema, encoded: npt.NDArray[np.float32],
-            first_columns: Mapping[str, int]) -> KeyNormal | None:
+            first_columns: Mapping[str, int], min_keys: int = 2) -> KeyNormal | None:
         """Centres and usual values of the keys of `frame`, whose `encoded` rows the preprocessor made
-        (`first_columns`: each numeric feature's value column); None when the frame holds fewer than 2 keys."""
+        (`first_columns`: each numeric feature's value column); None when the frame holds fewer than
+        `min_keys` keys (at least 2)."""
         keys = _keys(frame)
         if keys is None:
             return None
         codes, uniques = pd.factorize(pd.Series(keys), sort=False)
-        if len(uniques) < 2:
+        if len(uniques) < max(2, min_keys):
             return None
         counts = np.bincount(codes, minlength=len(uniques))
         order = np.argsort(-counts, kind="stable")[:MAX_KEYS]

@@ -12,8 +12,8 @@ import numpy.typing as npt
 import pandas as pd
 
 from training._columns import boolean_values, category_values, numeric_values, take_column
-from training.choices import Scaling
-from training.keys import KeyNormal
+from training.choices import PerKey, Scaling
+from training.keys import AUTO_KEYS, KeyNormal
 from training.schema import Feature, Schema
 
 __all__ = ["MISSING", "OTHER", "UNSEEN", "Preprocessor", "numeric_block"]
@@ -185,12 +185,13 @@ class Preprocessor:
     @classmethod
     def fit(
         cls, frame: pd.DataFrame, schema: Schema, max_categories: int = 50, unit_range: bool = False,
-        scaling: Scaling = "robust", per_key: bool = False,
+        scaling: Scaling = "robust", per_key: PerKey = "off",
     ) -> Preprocessor:
         """Learn centres, spreads and category lists from `frame` (extra columns are ignored).
 
-        With `per_key` and a frame whose KEY_COLUMN holds at least 2 keys, each key's own normal too
-        (`training.keys.KeyNormal`): the encoding then has one more column per feature. Not with `unit_range`.
+        With `per_key` "on" and a frame whose KEY_COLUMN holds at least 2 keys ("auto": AUTO_KEYS), each key's
+        own normal too (`training.keys.KeyNormal`): the encoding then has one more column per feature. Not with
+        `unit_range`.
 
         Numeric scaling: "robust" (median and interquartile range, falling back to the standard
         deviation), "standard" (mean and standard deviation); `unit_range` (the 1st to 99th
@@ -212,9 +213,10 @@ class Preprocessor:
                 boolean_values(column, f.name, f.optional)  # validates the values
                 states[f.name] = _Boolean()
         plain = cls(schema, states, max_categories=max_categories, unit_range=unit_range)
-        if not per_key or unit_range:
+        if per_key == "off" or unit_range:
             return plain
-        keys = KeyNormal.fit(frame, schema, plain.transform(frame), plain._first_columns)
+        keys = KeyNormal.fit(frame, schema, plain.transform(frame), plain._first_columns,
+                             AUTO_KEYS if per_key == "auto" else 2)
         if keys is None:
             return plain
         return cls(schema, states, max_categories=max_categories, unit_range=unit_range, keys=keys)

@@ -16,12 +16,14 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from training.choices import (
+    PER_KEY,
     SCORE_KINDS,
     SEARCHES,
     THRESHOLD_METHODS,
     Activation,
     Arch,
     NoiseKind,
+    PerKey,
     Scaling,
     ScoreKind,
     Search,
@@ -104,8 +106,10 @@ class ModelSettings(NetworkSettings):
     to its normal neighbours / distance to the nearest confirmed outlier); 0 turns it off.
     `neighbor_search` (hybrid): how the nearest remembered rows are found, "exact" or "approximate" (among
     the rows of the few k-means cells of the memory nearest to a record: faster, now and then a neighbour
-    missed; `training.memory.NeighborMemory`). `per_key`: when the training frame holds several keys (its
-    KEY_COLUMN), each record is also judged against its own key's normal (`training.keys.KeyNormal`).
+    missed; `training.memory.NeighborMemory`). `per_key` "on": when the training frame holds several keys (its
+    KEY_COLUMN), each record is also judged against its own key's normal (`training.keys.KeyNormal`); "auto":
+    from `training.keys.AUTO_KEYS` keys on (a few keys with many records each the network tells apart by their
+    values alone, and the key columns only add noise: the demo's 4 hosts lose incidents with them).
     """
 
     scaling: Scaling = "standard"
@@ -116,9 +120,11 @@ class ModelSettings(NetworkSettings):
     time_features: bool = False
     review_weight: float = 4.0
     neighbor_search: Search = "approximate"
-    per_key: bool = True
+    per_key: PerKey = "auto"
 
     def __post_init__(self) -> None:
+        if self.per_key not in PER_KEY:
+            raise ValueError(f"ModelSettings.per_key must be one of {PER_KEY}, got {self.per_key!r}")
         if self.neighbor_search not in SEARCHES:
             raise ValueError(f"ModelSettings.neighbor_search must be one of {SEARCHES}, got {self.neighbor_search!r}")
         if self.score not in SCORE_KINDS:

@@ -19,6 +19,7 @@ from training.choices import (
     Activation,
     LossName,
     NoiseKind,
+    PerKey,
     Scaling,
     ScoreKind,
     Search,
@@ -73,7 +74,7 @@ class ModelConfig(Section):
     time_features: bool = False
     review_weight: float = Field(default=4.0, ge=0.0, le=100.0)
     neighbor_search: Search = "approximate"
-    per_key: bool = True
+    per_key: PerKey = "auto"
     loss: LossName = "mse"
     epochs: int = Field(default=100, gt=0)
     batch_size: int = Field(default=256, gt=0)

@@ -183,7 +183,7 @@ def _window(repo: Repository, name: str, det: DetectorConfig, max_rows: int) -> 
 
 def _needs_context(det: DetectorConfig) -> bool:
     """Sequence models, time features and per-key normal read each record's time and key, as in the trainer."""
-    return det.model.window > 1 or det.model.time_features or det.model.per_key
+    return det.model.window > 1 or det.model.time_features or det.model.per_key != "off"
 
 
 def _candidate_config(det: DetectorConfig, candidate: Candidate, epochs: int) -> DetectorConfig:

@@ -58,7 +58,7 @@ def test_a_host_busy_at_another_hosts_normal_is_flagged_and_a_busy_host_is_not()
     assert fitted.score(swapped).is_outlier.mean() >= 0.9
 
     # the same model without per-key normal: the moved hosts look like other hosts
-    plain = fit_model(train, SCHEMA, ModelSettings(per_key=False), TrainSettings(seed=0),
+    plain = fit_model(train, SCHEMA, ModelSettings(per_key="off"), TrainSettings(seed=0),
                       ThresholdSettings(target_fpr=0.01))
     assert plain.preprocessor.keys is None
     assert auc(plain.score(normal).scores, plain.score(moved).scores) < 0.7
@@ -68,7 +68,8 @@ def test_new_keys_are_judged_against_every_record_and_the_artifact_keeps_the_key
     rng = np.random.default_rng(1)
     cpu, mem = rng.uniform(10, 90, 50), rng.uniform(20, 80, 50)
     train = hosts(np.repeat(np.arange(50), 40), rng, cpu, mem)
-    fitted = fit_model(train, SCHEMA, ModelSettings(), TrainSettings(seed=0), ThresholdSettings(target_fpr=0.01))
+    fitted = fit_model(train, SCHEMA, ModelSettings(per_key="on"), TrainSettings(seed=0),
+                       ThresholdSettings(target_fpr=0.01))
     weights, meta = fitted.to_artifact()
     again = FittedModel.from_artifact(weights, meta)
     fresh = hosts(np.repeat(np.arange(50), 4), rng, cpu, mem)
@@ -86,11 +87,18 @@ def test_new_keys_are_judged_against_every_record_and_the_artifact_keeps_the_key
                                rtol=1e-6)
 
 
-def test_one_key_or_none_fits_no_key_table() -> None:
+def test_one_key_or_none_fits_no_key_table_and_auto_waits_for_many_keys() -> None:
     rng = np.random.default_rng(2)
     cpu, mem = rng.uniform(10, 90, 3), rng.uniform(20, 80, 3)
     one = hosts(np.zeros(300, dtype=np.int64), rng, cpu, mem)
     for frame in (one, one.drop(columns=KEY_COLUMN)):
-        fitted = fit_model(frame, SCHEMA, ModelSettings(hidden=(8,), latent=2), TrainSettings(seed=0, epochs=5))
+        fitted = fit_model(frame, SCHEMA, ModelSettings(hidden=(8,), latent=2, per_key="on"),
+                           TrainSettings(seed=0, epochs=5))
         assert fitted.preprocessor.keys is None
         assert fitted.preprocessor.n_columns == 1 + 1 + 1 + 2     # three numbers, one seen region and __unseen__
+    # "auto" leaves a window of a few keys to the network: 3 keys, no key table
+    few = hosts(np.arange(300) % 3, rng, cpu, mem)
+    fitted = fit_model(few, SCHEMA, ModelSettings(hidden=(8,), latent=2), TrainSettings(seed=0, epochs=5))
+    assert fitted.preprocessor.keys is None
+    assert fit_model(few, SCHEMA, ModelSettings(hidden=(8,), latent=2, per_key="on"),
+                     TrainSettings(seed=0, epochs=5)).preprocessor.keys is not None
