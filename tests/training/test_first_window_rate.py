@@ -8,7 +8,7 @@ of those beyond the cut as many as half the target rate of the window.
 
 Four generators (a low-rank numeric one, mixed types with a 1 % level, heavy tails, a daily cycle), a first
 model on 3,000 rows with the daemon's first-window trim, 40,000 fresh rows. Seeds 0-4 of each gave
-0.69-1.46 % at a 1 % target (bench/results/first_window_rate.md); the test runs seed 1.
+0.69-1.47 % at a 1 % target (bench/results/first_window_rate.md); the test runs seed 1.
 """
 
 from __future__ import annotations
