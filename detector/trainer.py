@@ -274,6 +274,28 @@ class Trainer:
             with self._lock:
                 self._running.discard(name)
 
+    def _window_records(self, name: str, det: DetectorConfig, since: datetime) -> tuple[list[PendingRecord], int]:
+        """The training window's records, and how many flagged ones rejoined it.
+
+        Flagged records stay out of training (unless a review lets them in). When they are more than
+        `training.readmit_flagged_share` of the window, the flags are no longer incidents but a new normal
+        the model has not learned (a level that shifted and stayed, the part of a cycle the first window
+        lacked): left out, it would be flagged for ever. The unreviewed ones then rejoin; confirmed stay out."""
+        repo, reviewed_in = self._vigil.repo, det.review.states_into_training
+        records = repo.training_window(name, since, det.training.max_records, reviewed_in)
+        share = det.training.readmit_flagged_share
+        if share >= 1.0 or "unreviewed" in reviewed_in:
+            return records, 0
+        flagged = repo.count_flagged(name, since, reviewed_in)
+        if flagged == 0 or flagged <= share * (flagged + len(records)):
+            return records, 0
+        records = repo.training_window(name, since, det.training.max_records, (*reviewed_in, "unreviewed"))
+        logger.warning("flagged records rejoin the training window: they are more than "
+                       "training.readmit_flagged_share of it, a new normal rather than incidents",
+                       extra={"detector": name, "flagged": flagged, "share": round(flagged / len(records), 4),
+                              "limit": share})
+        return records, flagged
+
     def _train(self, name: str, trigger: str,
                on_epoch: Callable[[EpochStats], None] | None) -> TrainingOutcome:
         vigil, det = self._vigil, self._vigil.detector(name)
@@ -281,7 +303,7 @@ class Trainer:
         run_id = vigil.repo.start_training_run(name, trigger)
         started = time.perf_counter()
         since = self.window_since(name) or datetime.now(UTC)
-        records = vigil.repo.training_window(name, since, det.training.max_records, det.review.states_into_training)
+        records, readmitted = self._window_records(name, det, since)
         if len(records) < det.training.min_records:
             message = (f"window holds {len(records)} records, training needs min_records="
                        f"{det.training.min_records}")
@@ -335,6 +357,7 @@ class Trainer:
         meta["window"] = {"start": records[0].ts.isoformat(), "end": records[-1].ts.isoformat(),
                           "records": len(records), "trigger": trigger}
         meta["diversity"] = report.to_dict()
+        meta["readmitted_flagged"] = readmitted      # flagged records that rejoined the window (a new normal)
         version = vigil.repo.save_model(name, weights, meta, fitted.threshold.value, len(records),
                                         records[0].ts, records[-1].ts, run_id=run_id)
         duration = time.perf_counter() - started

@@ -11,7 +11,7 @@ from detector import __version__
 from detector.cli.data import check_data
 from detector.cli.maintenance import maintenance
 from detector.cli.models import models, train
-from detector.cli.offline import evaluate, report, score, tune
+from detector.cli.offline import evaluate, replay, report, score, tune
 from detector.cli.outliers import outliers
 from detector.cli.run import config_group, db, run
 from detector.cli.status import status
@@ -30,8 +30,8 @@ def cli() -> None:
     distance and density of its nearest normal records), and stores and explains the outliers.
     """
 
-for command in (run, status, train, score, outliers, models, check_data, evaluate, maintenance, report, tune, db,
-                config_group):
+for command in (run, status, train, score, outliers, models, check_data, evaluate, replay, maintenance, report, tune,
+                db, config_group):
     cli.add_command(command)
 
 

@@ -109,6 +109,40 @@ def evaluate(train_file: Path, test_file: Path, detector: str | None, config_pat
     click.echo(result.summary())
 
 
+@click.command(cls=DetectorCommand)
+@click.argument("history", type=_FILE)
+@click.option("--detector", "-d", required=True, help="Replay through this detector's features, model, threshold, "
+                                                     "training schedule and alert hygiene.")
+@config_option
+@click.option("--label-column", help="Column holding 1 for an anomaly and 0 for a normal record: kept out of the "
+                                     "records, it measures the flags (ROC-AUC, average precision, precision, "
+                                     "recall, false-positive rate).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write every record with score, threshold, is_outlier and model_version here (Parquet if it "
+                   "ends in .parquet, else CSV).")
+def replay(history: Path, detector: str, config_path: Path, label_column: str | None, output: Path | None) -> None:
+    """Run the records of HISTORY (CSV, Parquet or NDJSON; one or many keys) through DETECTOR as the daemon
+    would have, in the records' own time, into a scratch store: each record scored by the model active when it
+    arrived, models trained on the training schedule's slots over the rolling window (flagged records left out,
+    the first window screened). The running daemon's store is not touched."""
+    from detector.logs import setup_logging
+    from detector.offline.evaluate import EvaluationInputError, write_scores
+    from detector.offline.replay import replay_file
+
+    setup_logging("warning", "text", sys.stderr)
+    config = load(config_path)
+    known_detector(config.detectors, detector)
+    prepare_torch(config.daemon)
+    try:
+        result = replay_file(config, detector, history, label_column)
+    except EvaluationInputError as exc:
+        click.echo(f"vigil: {exc}", err=True)
+        sys.exit(2)
+    if output is not None:
+        write_scores(result.records, output)
+    click.echo(result.summary())
+
+
 @click.command("report", cls=DetectorCommand)
 @click.argument("detector")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),

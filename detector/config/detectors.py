@@ -131,6 +131,7 @@ class TrainingConfig(Section):
     max_records: int = Field(default=50_000, gt=0)
     min_records: int = Field(default=500, gt=0)
     first_window_trim: float = Field(default=0.02, ge=0.0, lt=0.5)
+    readmit_flagged_share: float = Field(default=0.2, gt=0.0, le=1.0)
 
     @field_validator("cron")
     @classmethod

@@ -392,6 +392,19 @@ class Repository(ModelStore):
         return [(PendingRecord(r.id, r.ts, r.key, r.fields), float(r.score), bool(r.is_outlier))
                 for r in reversed(rows)]
 
+    def scored_records(self, detector: str) -> list[tuple[PendingRecord, float | None, bool, int | None,
+                                                         float | None]]:
+        """Every record of a detector in time order: (record, score, is_outlier, the number of the model version
+        that scored it, that version's threshold); score and version None for a record still pending."""
+        stmt = (select(RecordRow.id, RecordRow.ts, RecordRow.key, RecordRow.fields, RecordRow.score,
+                       RecordRow.is_outlier, ModelVersionRow.version, ModelVersionRow.threshold)
+                .outerjoin(ModelVersionRow, ModelVersionRow.id == RecordRow.model_version_id)
+                .where(RecordRow.detector == detector).order_by(RecordRow.ts, RecordRow.id))
+        with self._read("read scored records") as session:
+            rows = session.execute(stmt).all()
+        return [(PendingRecord(r.id, r.ts, r.key, r.fields), None if r.score is None else float(r.score),
+                 bool(r.is_outlier), r.version, None if r.threshold is None else float(r.threshold)) for r in rows]
+
     def top_outliers(self, detector: str, model_version_id: int, limit: int) -> list[OutlierView]:
         """The outliers a model version flagged, highest score / threshold first."""
         stmt = (select(OutlierRow, ModelVersionRow.version)
