@@ -282,14 +282,17 @@ class Trainer:
         the model has not learned (a level that shifted and stayed, the part of a cycle the first window
         lacked): left out, it would be flagged for ever. The unreviewed ones then rejoin; confirmed stay out."""
         repo, reviewed_in = self._vigil.repo, det.review.states_into_training
-        records = repo.training_window(name, since, det.training.max_records, reviewed_in)
+        # a window larger than max_records: an even sample of all of it (a sequence model needs runs of
+        # consecutive records: the newest ones)
+        spread = det.model.window == 1
+        records = repo.training_window(name, since, det.training.max_records, reviewed_in, spread)
         share = det.training.readmit_flagged_share
         if share >= 1.0 or "unreviewed" in reviewed_in:
             return records, 0
         flagged = repo.count_flagged(name, since, reviewed_in)
         if flagged == 0 or flagged <= share * (flagged + len(records)):
             return records, 0
-        records = repo.training_window(name, since, det.training.max_records, (*reviewed_in, "unreviewed"))
+        records = repo.training_window(name, since, det.training.max_records, (*reviewed_in, "unreviewed"), spread)
         logger.warning("flagged records rejoin the training window: they are more than "
                        "training.readmit_flagged_share of it, a new normal rather than incidents",
                        extra={"detector": name, "flagged": flagged, "share": round(flagged / len(records), 4),

@@ -194,7 +194,8 @@ def choose_schema(train: pd.DataFrame, test: pd.DataFrame, det: DetectorConfig |
 
 def _training_rows(train: pd.DataFrame, label: str | None, det: DetectorConfig, train_path: Path,
                    notes: list[str]) -> pd.DataFrame:
-    """TRAIN's rows the daemon would train on: labelled anomalies left out, at most max_records (the newest)."""
+    """TRAIN's rows the daemon would train on: labelled anomalies left out, at most max_records (evenly spaced
+    over all of them, as the daemon samples a larger window; the newest for a sequence model)."""
     rows = train
     if label is not None and label in train.columns:
         anomalous = labels_of(train, label, train_path) == 1
@@ -202,9 +203,13 @@ def _training_rows(train: pd.DataFrame, label: str | None, det: DetectorConfig, 
             notes.append(f"{int(anomalous.sum())} TRAIN rows labelled 1 were left out of training")
             rows = train[~anomalous]
     cap = det.training.max_records
-    if len(rows) > cap:
-        notes.append(f"trained on the last {cap} rows of TRAIN (training.max_records)")
+    if len(rows) > cap and det.model.window > 1:
+        notes.append(f"trained on the last {cap} rows of TRAIN (training.max_records; a sequence model)")
         rows = rows.iloc[-cap:]
+    elif len(rows) > cap:
+        notes.append(f"trained on {cap} rows of TRAIN, evenly spaced over all {len(rows)} (training.max_records)")
+        rank = np.arange(1, len(rows) + 1)
+        rows = rows.iloc[np.flatnonzero((rank * cap) // len(rows) > ((rank - 1) * cap) // len(rows))]
     if len(rows) < det.training.min_records:
         notes.append(f"{len(rows)} training rows: the daemon skips training below training.min_records="
                      f"{det.training.min_records}")

@@ -233,13 +233,29 @@ class Repository(ModelStore):
 
     # -- training ----------------------------------------------------------------------------
     def training_window(self, detector: str, since: datetime, limit: int,
-                        reviewed_in: Sequence[str] = ("dismissed",)) -> list[PendingRecord]:
-        """The newest `limit` trainable records since `since`, oldest first (see `_trainable`)."""
+                        reviewed_in: Sequence[str] = ("dismissed",), spread: bool = False) -> list[PendingRecord]:
+        """Trainable records since `since` (see `_trainable`), oldest first: the newest `limit`, or with `spread`
+        `limit` records evenly spaced over all of them (the whole window's days and hours, not only its end;
+        every one when there are no more than `limit`)."""
+        where = (RecordRow.detector == detector, RecordRow.ts >= since, _trainable(reviewed_in))
         with self._read("read training window") as session:
+            count = 0
+            if spread:
+                count = int(session.scalar(select(func.count()).select_from(RecordRow).where(*where)) or 0)
+            if count > limit:
+                rank = func.row_number().over(order_by=(RecordRow.ts, RecordRow.id)).label("rank")
+                inner = (select(RecordRow.id, RecordRow.ts, RecordRow.key, RecordRow.fields, rank)
+                         .where(*where).subquery())
+                # rank r is kept where floor(r * limit / count) steps up: exactly `limit` of them, evenly spaced
+                rows = session.execute(
+                    select(inner.c.id, inner.c.ts, inner.c.key, inner.c.fields)
+                    .where((inner.c.rank * limit) // count > ((inner.c.rank - 1) * limit) // count)
+                    .order_by(inner.c.rank)
+                ).all()
+                return [PendingRecord(r.id, r.ts, r.key, r.fields) for r in rows]
             rows = session.execute(
                 select(RecordRow.id, RecordRow.ts, RecordRow.key, RecordRow.fields)
-                .where(RecordRow.detector == detector, RecordRow.ts >= since, _trainable(reviewed_in))
-                .order_by(RecordRow.ts.desc(), RecordRow.id.desc()).limit(limit)
+                .where(*where).order_by(RecordRow.ts.desc(), RecordRow.id.desc()).limit(limit)
             ).all()
         return [PendingRecord(r.id, r.ts, r.key, r.fields) for r in reversed(rows)]
 

@@ -161,7 +161,7 @@ def test_train_rows_labelled_anomalous_are_left_out_and_the_window_is_capped(tmp
     config = load_config(config_file(tmp_path, max_records=500))
     result = evaluate_files(train, test, config.detectors["web"], "web", label="label")
     assert result.n_train_rows == 600
-    assert result.n_trained == 500                            # 570 normal rows, the newest 500 kept
+    assert result.n_trained == 500                            # 570 normal rows, 500 of them evenly spaced
     assert result.model.report["n_rows"] == 500
     summary = result.summary()
     assert "30 TRAIN rows labelled 1 were left out" in summary

@@ -244,6 +244,23 @@ def test_training_window_excludes_outliers_and_keeps_newest(repo: Repository) ->
     assert repo.training_window("db", T0, 100) == []
 
 
+def test_a_spread_training_window_samples_all_of_it_evenly(repo: Repository) -> None:
+    add(repo, 100)                                  # ts T0+0..99 min, ids 1..100
+    repo.score_pending("web", 1000, model(repo), 1.0, flag_every_third)     # ids 3, 6, ..., 99 flagged: 67 left
+    everything = [r.id for r in repo.training_window("web", T0, 1000)]
+    assert len(everything) == 67
+    spread = repo.training_window("web", T0, 10, spread=True)
+    assert len(spread) == 10
+    ids = [r.id for r in spread]
+    assert ids == sorted(ids) and set(ids) <= set(everything)
+    # evenly over the whole window: the k-th of 10 is the ceil(67 (k + 1) / 10)-th trainable record
+    assert ids == [everything[-(-67 * (k + 1) // 10) - 1] for k in range(10)]
+    assert spread[0].ts < T0 + timedelta(minutes=15) and spread[-1].ts == T0 + timedelta(minutes=99)
+    # no more records than the limit: all of them, as without spreading
+    assert [r.id for r in repo.training_window("web", T0, 67, spread=True)] == everything
+    assert [r.id for r in repo.training_window("web", T0, 5)] == everything[-5:]      # not spread: the newest
+
+
 def test_training_window_orders_by_time_not_id(repo: Repository) -> None:
     repo.add_batch("web", "http", [rec(30, 1.0), rec(10, 2.0), rec(20, 3.0)], [])
     window = repo.training_window("web", T0, 2)
