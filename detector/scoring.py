@@ -237,6 +237,8 @@ class Scorer:
         frame = records_frame(pending, det.feature_schema, context=context, numeric=numeric)
         result = model.score(frame, history=history)
         unusual = result.unseen.any(axis=1)
+        if result.rare is not None:
+            unusual |= result.rare.any(axis=1)
         if result.out_of_range is not None:
             unusual |= result.out_of_range.any(axis=1)
         ood = {int(i): note for i in np.flatnonzero(unusual) if (note := result.out_of_distribution(int(i)))}

@@ -174,6 +174,7 @@ class FittedModel:
             unseen=self.preprocessor.unseen_mask(frame),
             feature_names=self.schema.names,
             components=parts.components,
+            rare=self.preprocessor.rare_mask(frame),
         )
 
     def _range_bounds(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:

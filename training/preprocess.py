@@ -16,13 +16,14 @@ from training.choices import PerKey, Scaling
 from training.keys import AUTO_KEYS, KeyNormal
 from training.schema import Feature, Schema
 
-__all__ = ["MISSING", "OTHER", "UNSEEN", "Preprocessor", "numeric_block"]
+__all__ = ["MISSING", "OTHER", "RARE_SHARE", "UNSEEN", "Preprocessor", "numeric_block"]
 
 logger = logging.getLogger(__name__)
 
 OTHER = "__other__"
 UNSEEN = "__unseen__"
 MISSING = "__missing__"
+RARE_SHARE = 0.001        # a categorical value seen in fewer than this share of the fitted rows is "rare"
 KEY_SUFFIX = "@key"       # a feature's per-key column: its distance from (or difference to) its key's normal
 # Encoded numeric values are clipped to this many scale units from the centre: a finite value beyond
 # float32's range (validation accepts 1e39) would otherwise become inf, making training diverge and a
@@ -71,10 +72,12 @@ class _Numeric:
 
 @dataclass(frozen=True, slots=True)
 class _Categorical:
-    """`categories` get their own column, `other` (seen but rarer) share the `__other__` column."""
+    """`categories` get their own column, `other` (seen but rarer) share the `__other__` column. `rare`: the
+    seen values held by fewer than RARE_SHARE of the fitted rows (empty for state saved before it was kept)."""
 
     categories: tuple[str, ...]
     other: tuple[str, ...]
+    rare: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +127,8 @@ def _fit_categorical(
     counts = pd.Series(strings[~missing]).value_counts(sort=False)
     ranked = sorted(counts.items(), key=lambda item: (-int(item[1]), str(item[0])))
     names = [str(value) for value, _ in ranked]
-    return _Categorical(categories=tuple(names[:top]), other=tuple(names[top:]))
+    rare = tuple(sorted(str(value) for value, count in ranked if int(count) < RARE_SHARE * len(strings)))
+    return _Categorical(categories=tuple(names[:top]), other=tuple(names[top:]), rare=rare)
 
 
 class Preprocessor:
@@ -347,6 +351,18 @@ class Preprocessor:
         block[np.arange(len(strings)), cols] = 1.0
         return block
 
+    def rare_mask(self, frame: pd.DataFrame) -> npt.NDArray[np.bool_]:
+        """Shape [n, n_features]: True where a categorical value was seen when fitting, but in fewer than
+        RARE_SHARE of the rows (a level of 0.3 % is normal; one seen twice in 40,000 records is not known)."""
+        mask = np.zeros((len(frame), len(self.schema.features)), dtype=np.bool_)
+        for j, f in self._categorical:
+            state = self._states[f.name]
+            if not isinstance(state, _Categorical) or not state.rare:
+                continue
+            strings, missing = category_values(take_column(frame, f.name), f.name, f.optional)
+            mask[:, j] = pd.Index(strings, dtype=object).isin(state.rare) & ~missing
+        return mask
+
     def unseen_mask(self, frame: pd.DataFrame) -> npt.NDArray[np.bool_]:
         """Shape [n, n_features]: True where a categorical value was never seen when fitting."""
         mask = np.zeros((len(frame), len(self.schema.features)), dtype=np.bool_)
@@ -386,7 +402,8 @@ class Preprocessor:
             if isinstance(state, _Numeric):
                 states[name] = {"center": state.center, "scale": state.scale, "fill": state.fill}
             elif isinstance(state, _Categorical):
-                states[name] = {"categories": list(state.categories), "other": list(state.other)}
+                states[name] = {"categories": list(state.categories), "other": list(state.other),
+                                "rare": list(state.rare)}
             else:
                 states[name] = {}
         out: dict[str, Any] = {
@@ -415,7 +432,8 @@ class Preprocessor:
                                      f"(at least {_MIN_SCALE:.4g}), got {scale}")
                 state = _Numeric(float(s["center"]), scale, float(s["fill"]))
             elif f.kind == "categorical":
-                state = _Categorical(tuple(map(str, s["categories"])), tuple(map(str, s["other"])))
+                state = _Categorical(tuple(map(str, s["categories"])), tuple(map(str, s["other"])),
+                                     tuple(map(str, s.get("rare", ()))))
             else:
                 state = _Boolean()
             states[f.name] = state

@@ -27,7 +27,8 @@ class ScoreResult:
 
     scores [n] (higher = more anomalous), is_outlier [n] (scores > threshold), contributions
     [n, n_features] (each row sums to its score), expected (decoded reconstruction, one column per
-    feature), unseen [n, n_features] (categorical value never seen in training).
+    feature), unseen [n, n_features] (categorical value never seen in training), rare [n, n_features] (seen,
+    but in fewer than `training.preprocess.RARE_SHARE` of the training rows; None: not known).
 
     `contributions` and `expected` may be given as functions of the rows (a `Rows` selection, or
     `slice(None)` for all): they are then computed on first access and kept. `contributions_at(rows)` and
@@ -36,7 +37,7 @@ class ScoreResult:
     """
 
     __slots__ = ("_contributions", "_contributions_of", "_expected", "_expected_of", "components", "feature_names",
-                 "is_outlier", "out_of_range", "scores", "threshold", "unseen")
+                 "is_outlier", "out_of_range", "rare", "scores", "threshold", "unseen")
 
     def __init__(
         self,
@@ -49,8 +50,10 @@ class ScoreResult:
         feature_names: list[str],
         out_of_range: npt.NDArray[np.bool_] | None = None,
         components: dict[str, npt.NDArray[np.float64]] | None = None,
+        rare: npt.NDArray[np.bool_] | None = None,
     ) -> None:
         self.scores = scores
+        self.rare = rare
         self.threshold = threshold
         self.is_outlier = is_outlier
         self.unseen = unseen
@@ -109,12 +112,14 @@ class ScoreResult:
         return self._expected_of(positions)
 
     def out_of_distribution(self, i: int) -> dict[str, list[str]] | None:
-        """Row i's features the model never saw values like: unseen categories, numbers far out of range."""
+        """Row i's features the model never saw values like: unseen categories, categories it saw in fewer than
+        RARE_SHARE of its training rows, numbers far out of range."""
         unseen = [self.feature_names[j] for j in np.flatnonzero(self.unseen[i])]
+        rare = [] if self.rare is None else [self.feature_names[j] for j in np.flatnonzero(self.rare[i])]
         far = [] if self.out_of_range is None else [self.feature_names[j] for j in np.flatnonzero(self.out_of_range[i])]
-        if not unseen and not far:
+        if not unseen and not rare and not far:
             return None
-        return {"unseen_category": unseen, "out_of_range": far}
+        return {"unseen_category": unseen, "rare_category": rare, "out_of_range": far}
 
     def top_contributions(self, i: int, actual: Mapping[str, Any], k: int = 5) -> list[dict[str, Any]]:
         """Up to k features of row i with the largest contributions, largest first, JSON-able.

@@ -89,9 +89,11 @@ def outliers_show(outlier_id: int, as_json: bool, config_path: Path) -> None:
     ]
     if o.ood:
         unseen = ", ".join(o.ood.get("unseen_category", []))
+        rare = ", ".join(o.ood.get("rare_category", []))
         far = ", ".join(o.ood.get("out_of_range", []))
         lines.append("out of distribution: " + "; ".join(
             part for part in (f"unseen category in {unseen}" if unseen else "",
+                              f"category seen in under 0.1 % of the training records: {rare}" if rare else "",
                               f"far outside the training range: {far}" if far else "") if part))
     click.echo("\n".join(lines) + "\n\n" + _feature_table(o.contributions, o.fields, o.expected))
     features = {*o.expected, *(c["feature"] for c in o.contributions)}

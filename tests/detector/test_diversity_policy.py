@@ -118,10 +118,10 @@ def test_out_of_distribution_values_are_marked_and_counted(runtime: Runtime) -> 
                             "FROM records WHERE ood IS NOT NULL").fetchall()
     ood = {f"{region}{load}": (json.loads(text), flagged) for region, load, text, flagged in rows}
     assert set(ood) == {"mars50.0", "eu900.0"}, list(ood.values())[:3]
-    assert ood["mars50.0"][0] == {"unseen_category": ["region"], "out_of_range": []}
-    assert ood["eu900.0"][0] == {"unseen_category": [], "out_of_range": ["load"]}
+    assert ood["mars50.0"][0] == {"unseen_category": ["region"], "rare_category": [], "out_of_range": []}
+    assert ood["eu900.0"][0] == {"unseen_category": [], "rare_category": [], "out_of_range": ["load"]}
     flagged = runtime.vigil.repo.list_outliers("web", limit=10)
-    assert any(o.ood == {"unseen_category": [], "out_of_range": ["load"]} for o in flagged)
+    assert any(o.ood == {"unseen_category": [], "rare_category": [], "out_of_range": ["load"]} for o in flagged)
     registry = runtime.registry
     assert registry.get_sample_value("vigil_records_out_of_distribution_total",
                                      {"detector": "web", "kind": "unseen_category"}) == 1

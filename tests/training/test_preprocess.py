@@ -110,6 +110,22 @@ def test_unseen_category_lights_unseen_column_and_mask() -> None:
     assert pre.transform(mixed_frame(200, seed=1))[:, unseen_col].max() == 0.0
 
 
+def test_a_value_seen_in_under_a_thousandth_of_the_rows_is_rare_not_unseen() -> None:
+    """3xx in 0.3 % of the rows is a normal level; a value seen twice in 10,000 rows is marked rare, and the
+    marker survives the model's JSON."""
+    values = ["2xx"] * 9968 + ["3xx"] * 30 + ["4xx"] * 2
+    schema = Schema((Feature("status", "categorical"),))
+    pre = Preprocessor.fit(pd.DataFrame({"status": values}), schema)
+    frame = pd.DataFrame({"status": ["2xx", "3xx", "4xx", "5xx"]})
+    for fitted in (pre, Preprocessor.from_dict(pre.to_dict())):
+        np.testing.assert_array_equal(fitted.rare_mask(frame)[:, 0], [False, False, True, False])
+        np.testing.assert_array_equal(fitted.unseen_mask(frame)[:, 0], [False, False, False, True])
+    old = pre.to_dict()
+    for state in old["states"].values():
+        state.pop("rare")                                  # a model saved before rare values were kept
+    assert not Preprocessor.from_dict(old).rare_mask(frame).any()
+
+
 def test_rare_categories_fold_into_other_and_are_not_unseen() -> None:
     values = ["a"] * 10 + ["b"] * 5 + ["c"] * 2 + ["d"]
     schema = Schema((Feature("c", "categorical"),))

@@ -392,7 +392,7 @@
 
   function oodEntries(o) {
     const ood = o.ood || {};
-    return [...(ood.unseen_category || []), ...(ood.out_of_range || [])];
+    return [...(ood.unseen_category || []), ...(ood.rare_category || []), ...(ood.out_of_range || [])];
   }
 
   function stateBadge(reviewState) {
@@ -545,6 +545,10 @@
     for (const f of ood.unseen_category || []) {
       items.push(["ood", "The model never saw " + f + "=" + fmtVal(fields[f]) +
         ": that value was not in its training window, so its reconstruction means little."]);
+    }
+    for (const f of ood.rare_category || []) {
+      items.push(["ood", "The model saw " + f + "=" + fmtVal(fields[f]) +
+        " in under 0.1 % of its training records: it knows little about that value."]);
     }
     for (const f of ood.out_of_range || []) {
       items.push(["ood", f + "=" + fmtVal(fields[f]) +
