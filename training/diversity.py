@@ -13,7 +13,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from training.schema import Schema
-from training.settings import min_rows_for
+from training.settings import WIDE_ROWS_PER_COLUMN, min_rows_for, wide
 
 __all__ = ["CHECKS", "Check", "DiversityLimits", "DiversityReport", "Status", "check_window"]
 
@@ -318,8 +318,15 @@ def _rows(frame: pd.DataFrame, schema: Schema, limits: DiversityLimits, n_parame
     needed = min_rows_for(n_encoded)
     if n < needed:
         return Check("rows", "fail", n, needed, None,
-                     f"rows: the window holds {n} rows, fewer than the {needed} needed for {n_encoded} encoded "
-                     "columns: wait for more records or widen training.window")
+                     f"rows: the window holds {n} rows, fewer than the {needed} a model needs: wait for more "
+                     "records or widen training.window")
+    if wide(n, n_encoded):
+        limit = WIDE_ROWS_PER_COLUMN * n_encoded
+        return Check("rows", "warn", n, limit, None,
+                     f"rows: the window holds {n} rows for {n_encoded} encoded columns (fewer than "
+                     f"{WIDE_ROWS_PER_COLUMN} a column): too few to learn how the columns relate; the model "
+                     "scores by its neighbour memory alone (distance to the nearest normal records) until the "
+                     "window holds more; widen training.window or raise training.min_records")
     per_column = limits.min_rows_per_column * n_encoded
     if n < per_column:
         return Check("rows", "warn", n, per_column, None,

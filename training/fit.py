@@ -27,7 +27,7 @@ from training.model import AutoencoderSpec, DenseAutoencoder
 from training.preprocess import Preprocessor
 from training.schema import Schema
 from training.sequence import KEY_COLUMN, TS_COLUMN
-from training.settings import ModelSettings, Scoring, ThresholdSettings, min_rows_for
+from training.settings import ModelSettings, Scoring, ThresholdSettings, min_rows_for, wide
 from training.thresholds import Threshold, fit_threshold
 
 __all__ = ["KEY_COLUMN", "MAX_INCIDENTS", "TRIM_SPREADS", "TS_COLUMN", "fit_model"]
@@ -178,6 +178,12 @@ def fit_model(
     needed = min_rows_for(preprocessor.n_columns)
     if len(frame) < needed:
         raise InsufficientDataError(len(frame), needed)
+    narrow = wide(len(frame), preprocessor.n_columns) and model.score == "hybrid" and model.weights[0] > 0
+    if narrow:
+        # fewer rows than the columns need to learn how they relate (hepatitis: 34 rows, 19 columns;
+        # internetads: 799 rows, 1,555 columns): the network still trains (the memory is searched in its
+        # input space), but the score is the neighbour memory's distance and density alone
+        model = replace(model, weights=(0.0, model.weights[1], model.weights[2]))
     x = network_inputs(frame, preprocessor, model.time_features, model.window)
     spec = AutoencoderSpec.of(model.network, n_inputs=x.shape[1], output="sigmoid" if bce else "linear")
     holdout = None
@@ -197,6 +203,7 @@ def fit_model(
         val_scores = base
     fitted_threshold = fit_threshold(val_scores, threshold.method, threshold.target_fpr, threshold.k)
     report = _report(outcome, fitted_threshold, model, train, threshold, n_rows=len(frame), val=val_scores)
+    report["wide"] = narrow
     if scoring.review_weight == 0:
         incidents = None
     report["scoring"] = {"kind": scoring.kind, "weights": list(scoring.weights),

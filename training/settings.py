@@ -44,6 +44,7 @@ __all__ = [
     "min_rows_for",
     "network_values",
     "settings_from",
+    "wide",
 ]
 
 logger = logging.getLogger(__name__)
@@ -215,9 +216,20 @@ class Scoring:
                    review_weight=float(d.get("review_weight", 0.0)), search=search)
 
 
+MIN_ROWS = 32               # the fewest rows a fit accepts, whatever the width
+WIDE_ROWS_PER_COLUMN = 2    # below this many rows per encoded column a hybrid model scores by its memory alone
+
+
 def min_rows_for(n_columns: int) -> int:
-    """Fewest training rows accepted for a model with `n_columns` encoded columns."""
-    return max(32, 2 * n_columns)
+    """Fewest training rows accepted for a model with `n_columns` encoded columns: MIN_ROWS, whatever the
+    width. A window narrower than WIDE_ROWS_PER_COLUMN rows per column trains anyway (`wide`)."""
+    return MIN_ROWS
+
+
+def wide(n_rows: int, n_columns: int) -> bool:
+    """Whether a window of `n_rows` is too narrow for its `n_columns` encoded columns to learn how they relate:
+    a hybrid model then scores by its neighbour memory alone (the reconstruction weight is 0)."""
+    return n_rows < WIDE_ROWS_PER_COLUMN * n_columns
 
 
 def settings_from(cls: type[S], values: Mapping[str, Any], **renamed: str) -> S:

@@ -224,7 +224,12 @@ def test_too_few_rows_fail_and_a_window_small_for_its_columns_warns() -> None:
     frame, _ = healthy(20, seed=0)
     check = only_problem(check_window(frame, SCHEMA))
     assert (check.check, check.status, check.value, check.limit) == ("rows", "fail", 20, 32)
-    assert "holds 20 rows, fewer than the 32 needed" in check.message
+    assert "holds 20 rows, fewer than the 32 a model needs" in check.message
+    # fewer rows than 2 a column: trained, on the neighbour memory alone, and said so
+    narrow = pd.DataFrame(np.random.default_rng(0).normal(size=(60, 150)), columns=[f"c{i}" for i in range(150)])
+    check = only_problem(check_window(narrow, Schema([Feature(f"c{i}", "numeric") for i in range(150)])))
+    assert (check.check, check.status, check.value, check.limit) == ("rows", "warn", 60, 300)
+    assert "neighbour memory alone" in check.message
     wide = pd.DataFrame(np.random.default_rng(0).normal(size=(120, 40)), columns=[f"c{i}" for i in range(40)])
     wide_schema = Schema([Feature(f"c{i}", "numeric") for i in range(40)])
     check = only_problem(check_window(wide, wide_schema, n_parameters=8000))
