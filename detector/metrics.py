@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 SCORE_RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0, 1.5, 2.0, 5.0, 10.0, 100.0)
 UNKNOWN_DETECTOR = "_unknown"
 TRAINING_RESULTS = ("success", "failed", "skipped", "refused")
-OOD_KINDS = ("unseen_category", "rare_category", "out_of_range")
+OOD_KINDS = ("unseen_category", "rare_category", "out_of_range", "new_key")
 COMPONENTS = ("scoring", "training", "source", "store")
 SUPPRESSION_REASONS = ("confirmation", "deviation_floor")
 # why a detector cannot train: its training window holds no records, or fewer than training.min_records
@@ -112,7 +112,7 @@ class Metrics:
         self.out_of_distribution = Counter(
             "vigil_records_out_of_distribution_total",
             "Scored records with a value unlike any in training, by kind (unseen_category, rare_category, "
-            "out_of_range).",
+            "out_of_range, new_key).",
             ["detector", "kind"], registry=registry)
         self.diversity_failing = Gauge(
             "vigil_training_data_check_failing",

@@ -239,6 +239,8 @@ class Scorer:
         unusual = result.unseen.any(axis=1)
         if result.rare is not None:
             unusual |= result.rare.any(axis=1)
+        if result.new_key is not None:
+            unusual |= result.new_key
         if result.out_of_range is not None:
             unusual |= result.out_of_range.any(axis=1)
         ood = {int(i): note for i in np.flatnonzero(unusual) if (note := result.out_of_distribution(int(i)))}

@@ -44,7 +44,7 @@ from training.model import AutoencoderSpec, DenseAutoencoder
 from training.preprocess import Preprocessor, numeric_block
 from training.result import Decoded, Rows, ScoreResult
 from training.schema import Schema
-from training.sequence import TIME_FEATURES, time_features, windows
+from training.sequence import KEY_COLUMN, TIME_FEATURES, time_features, windows
 from training.settings import COMPONENTS, Scoring
 from training.thresholds import Threshold
 
@@ -175,7 +175,15 @@ class FittedModel:
             feature_names=self.schema.names,
             components=parts.components,
             rare=self.preprocessor.rare_mask(frame),
+            new_key=self._new_keys(frame),
         )
+
+    def _new_keys(self, frame: pd.DataFrame) -> npt.NDArray[np.bool_] | None:
+        """[n]: rows whose key a per-key model did not learn; None for another model or a frame without keys."""
+        keys = self.preprocessor.keys
+        if keys is None or KEY_COLUMN not in frame.columns:
+            return None
+        return ~keys.known(frame)
 
     def _range_bounds(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         """Per feature (schema order): the values below / above which `out_of_range` flags a value

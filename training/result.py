@@ -28,7 +28,8 @@ class ScoreResult:
     scores [n] (higher = more anomalous), is_outlier [n] (scores > threshold), contributions
     [n, n_features] (each row sums to its score), expected (decoded reconstruction, one column per
     feature), unseen [n, n_features] (categorical value never seen in training), rare [n, n_features] (seen,
-    but in fewer than `training.preprocess.RARE_SHARE` of the training rows; None: not known).
+    but in fewer than `training.preprocess.RARE_SHARE` of the training rows; None: not known), new_key [n] (a
+    per-key model that has not learned the record's key yet; None: not a per-key model).
 
     `contributions` and `expected` may be given as functions of the rows (a `Rows` selection, or
     `slice(None)` for all): they are then computed on first access and kept. `contributions_at(rows)` and
@@ -37,7 +38,7 @@ class ScoreResult:
     """
 
     __slots__ = ("_contributions", "_contributions_of", "_expected", "_expected_of", "components", "feature_names",
-                 "is_outlier", "out_of_range", "rare", "scores", "threshold", "unseen")
+                 "is_outlier", "new_key", "out_of_range", "rare", "scores", "threshold", "unseen")
 
     def __init__(
         self,
@@ -51,9 +52,11 @@ class ScoreResult:
         out_of_range: npt.NDArray[np.bool_] | None = None,
         components: dict[str, npt.NDArray[np.float64]] | None = None,
         rare: npt.NDArray[np.bool_] | None = None,
+        new_key: npt.NDArray[np.bool_] | None = None,
     ) -> None:
         self.scores = scores
         self.rare = rare
+        self.new_key = new_key
         self.threshold = threshold
         self.is_outlier = is_outlier
         self.unseen = unseen
@@ -113,13 +116,18 @@ class ScoreResult:
 
     def out_of_distribution(self, i: int) -> dict[str, list[str]] | None:
         """Row i's features the model never saw values like: unseen categories, categories it saw in fewer than
-        RARE_SHARE of its training rows, numbers far out of range."""
+        RARE_SHARE of its training rows, numbers far out of range; and `new_key` for a record whose key a
+        per-key model has not learned."""
         unseen = [self.feature_names[j] for j in np.flatnonzero(self.unseen[i])]
         rare = [] if self.rare is None else [self.feature_names[j] for j in np.flatnonzero(self.rare[i])]
         far = [] if self.out_of_range is None else [self.feature_names[j] for j in np.flatnonzero(self.out_of_range[i])]
-        if not unseen and not rare and not far:
+        new = self.new_key is not None and bool(self.new_key[i])
+        if not unseen and not rare and not far and not new:
             return None
-        return {"unseen_category": unseen, "rare_category": rare, "out_of_range": far}
+        note = {"unseen_category": unseen, "rare_category": rare, "out_of_range": far}
+        if new:       # judged against every record only: the model has no normal of its own for this key yet
+            note["new_key"] = ["key"]
+        return note
 
     def top_contributions(self, i: int, actual: Mapping[str, Any], k: int = 5) -> list[dict[str, Any]]:
         """Up to k features of row i with the largest contributions, largest first, JSON-able.

@@ -94,7 +94,9 @@ def outliers_show(outlier_id: int, as_json: bool, config_path: Path) -> None:
         lines.append("out of distribution: " + "; ".join(
             part for part in (f"unseen category in {unseen}" if unseen else "",
                               f"category seen in under 0.1 % of the training records: {rare}" if rare else "",
-                              f"far outside the training range: {far}" if far else "") if part))
+                              f"far outside the training range: {far}" if far else "",
+                              "a key the per-key model has not learned yet" if o.ood.get("new_key") else "")
+                          if part))
     click.echo("\n".join(lines) + "\n\n" + _feature_table(o.contributions, o.fields, o.expected))
     features = {*o.expected, *(c["feature"] for c in o.contributions)}
     others = {k: v for k, v in o.fields.items() if k not in features}

@@ -81,7 +81,13 @@ def test_new_keys_are_judged_against_every_record_and_the_artifact_keeps_the_key
     new[KEY_COLUMN] = "new-" + new[KEY_COLUMN]
     keys = fitted.preprocessor.keys
     assert keys is not None and not keys.known(new).any() and keys.known(fresh).all()
-    assert fitted.score(new).is_outlier.mean() <= 0.05
+    scored_new = fitted.score(new)
+    assert scored_new.is_outlier.mean() <= 0.05
+    # ... and each is marked: the model knows little about it yet
+    note = scored_new.out_of_distribution(0)
+    assert note is not None and note["new_key"] == ["key"]
+    scored_known = fitted.score(fresh)
+    assert all((scored_known.out_of_distribution(i) or {}).get("new_key") is None for i in range(len(fresh)))
     # a frame without keys scores as new keys do (nothing is read from a column that is not there)
     np.testing.assert_allclose(fitted.score(new.drop(columns=KEY_COLUMN)).scores, fitted.score(new).scores,
                                rtol=1e-6)

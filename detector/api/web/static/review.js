@@ -550,6 +550,10 @@
       items.push(["ood", "The model saw " + f + "=" + fmtVal(fields[f]) +
         " in under 0.1 % of its training records: it knows little about that value."]);
     }
+    if (ood.new_key) {
+      items.push(["ood", "The model has not learned this key's own normal yet (a new key): it is judged " +
+        "against every key's records until the next training."]);
+    }
     for (const f of ood.out_of_range || []) {
       items.push(["ood", f + "=" + fmtVal(fields[f]) +
         " is far outside the range the model was trained on (out of range)."]);
