@@ -38,7 +38,9 @@ def records_frame(records: Sequence[PendingRecord | ValidRecord], schema: Schema
     else:
         frame = _features_frame(records, schema)
     if context:
-        frame[TS_COLUMN] = pd.to_datetime([r.ts for r in records], utc=True)
+        # a time beyond pandas' range (year 2262 on) is NaT: a model that reads times names the row; one that
+        # reads only keys (per-key normal) is not stopped by it
+        frame[TS_COLUMN] = pd.to_datetime([r.ts for r in records], utc=True, errors="coerce")
         frame[KEY_COLUMN] = ["" if r.key is None else r.key for r in records]
     return frame
 
