@@ -232,7 +232,13 @@ def test_train_then_list_and_score(vigil: Cli, vigil_all: CliAll,
 
     assert outliers_json.returncode == 0, outliers_json.stderr
     listed = [json.loads(line) for line in outliers_json.stdout.splitlines()]
-    assert listed[0]["fields"]["cpu"] == 2.0, "newest first"
-    assert listed[0]["model_version"] == 1
-    assert listed[0]["score"] > listed[0]["threshold"]
+    # the broken record, and at most a few of the 300 window records (scored without their own copy in the
+    # memory, as the threshold's held-out records were: about its 1 % target)
+    assert [o["fields"]["cpu"] for o in listed].count(2.0) == 1
+    assert len(listed) <= 1 + 6
+    [found] = [o for o in listed if o["fields"]["cpu"] == 2.0]
+    assert found["model_version"] == 1
+    assert found["score"] > found["threshold"]
+    assert found["score"] / found["threshold"] == max(o["score"] / o["threshold"] for o in listed)
+    assert [o["id"] for o in listed] == sorted((o["id"] for o in listed), reverse=True), "newest first"
     assert len(listed) == runtime.vigil.repo.counts()["web"].outliers
