@@ -186,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.output or REPO / "bench" / "results" / "nab_replay.md"
     out.write_text(
         "# NAB through `vigil replay`\n\n"
-        f"Command: `.venv/bin/python bench/nab_replay.py`; commit {commit}; "
+        f"Command: `.venv/bin/python bench/nab_replay.py {' '.join(sys.argv[1:] if argv is None else argv)}`; "
+        f"commit {commit}; "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {platform.machine()}, {os.cpu_count()} CPUs, {args.jobs} "
         f"processes; wall time {(time.time() - started) / 60:.1f} min; replay seconds per configuration (summed "
         f"over series): {seconds}.\n\n"
