@@ -94,6 +94,7 @@ def test_set_order_is_smallest_first() -> None:
 @needs_data
 def test_knn_on_the_semi_supervised_split_matches_the_papers_column() -> None:
     """The protocol check on a set DTE's generator leaves whole (1,831 rows): pyod-style kNN gives Table 1's KNN."""
+    pytest.importorskip("sklearn", reason="kNN needs scikit-learn: pip install -e '.[bench]'")
     record = run_set("dte", "cardio", 0, methods=("knn",), paper=published("dte"))
     assert record["n_train"] == round(0.5 * 1655) and record["n_test_anomalies"] == 176
     assert record["knn_auc"] == pytest.approx(record["paper_knn"], abs=0.0005)
@@ -111,6 +112,7 @@ def test_adbench_resampling_bootstraps_small_sets_and_subsamples_large_ones() ->
 
 
 def test_a_set_vigil_refuses_is_recorded_with_its_message() -> None:
+    pytest.importorskip("sklearn", reason="kNN needs scikit-learn: pip install -e '.[bench]'")
     rng = np.random.default_rng(0)
     y = np.array([0] * 40 + [1] * 5, dtype=np.int8)           # 20 training normals: under Vigil's fewest rows
     x = rng.normal(size=(45, 3)).astype(np.float32)
