@@ -161,6 +161,7 @@ class FittedModel:
             x, far = fast
         else:
             x, far = self.inputs(frame, history), self.out_of_range(frame)
+        unseen, rare = self.preprocessor.category_masks(frame)
         target = device if isinstance(device, torch.device) else resolve_device(device)
         parts = score_parts(self, x, batch_size, target, reviews)
         scores = np.where(np.isnan(parts.scores), np.inf, parts.scores)
@@ -171,10 +172,10 @@ class FittedModel:
             is_outlier=scores > self.threshold.value,
             contributions=parts.contributions,
             expected=parts.expected if parts.expected is not None else Decoded(self.preprocessor, parts.recon),
-            unseen=self.preprocessor.unseen_mask(frame),
+            unseen=unseen,
             feature_names=self.schema.names,
             components=parts.components,
-            rare=self.preprocessor.rare_mask(frame),
+            rare=rare,
             new_key=self._new_keys(frame),
         )
 

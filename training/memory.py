@@ -137,6 +137,7 @@ class NeighborMemory:
         moved = NeighborMemory(self.bank.to(device), self.kdist.to(device), self.k, self.search)
         lists = self._lists_built()
         moved._lists = lists.to(device) if lists is not None else False
+        moved._hashes = self._hash_parts()          # the same rows: not projected again for every batch
         return moved
 
     def prepare(self) -> None:
@@ -152,18 +153,24 @@ class NeighborMemory:
         remembered one is scored the same way. Found by a random projection of each row (one product and a
         binary search), every candidate checked column by column.
         """
+        direction, sorted_hashes, order = self._hash_parts()
+        qh = q.detach().cpu().double() @ direction
+        at = torch.searchsorted(sorted_hashes, qh).clamp_max(len(sorted_hashes) - 1)
+        candidate = order[at].to(q.device)
+        same = (self.bank.to(q.device)[candidate] == q.detach().float()).all(dim=1)     # checked where q lies
+        equal = (sorted_hashes[at] == qh).to(q.device) & same
+        return torch.where(equal, candidate, torch.full_like(candidate, -1))
+
+    def _hash_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """own_rows' lookup, on the CPU: the projection direction, the bank rows' sorted projections, their order.
+        Made once per bank (a copy of the memory on another device shares it)."""
         if self._hashes is None:
             generator = torch.Generator().manual_seed(_HASH_SEED)
             direction = torch.randn(self.bank.shape[1], generator=generator, dtype=torch.float64)
             hashes = self.bank.cpu().double() @ direction
             order = torch.argsort(hashes, stable=True)
             self._hashes = (direction, hashes[order].contiguous(), order)
-        direction, sorted_hashes, order = self._hashes
-        qh = q.detach().cpu().double() @ direction
-        at = torch.searchsorted(sorted_hashes, qh).clamp_max(len(sorted_hashes) - 1)
-        candidate = order[at]
-        equal = (sorted_hashes[at] == qh) & (self.bank.cpu()[candidate] == q.detach().cpu().float()).all(dim=1)
-        return torch.where(equal, candidate, torch.full_like(candidate, -1)).to(q.device)
+        return self._hashes
 
     def _plain_parts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The bank transposed [d, m] and its rows' squared norms [m], for the exact search's product."""

@@ -351,26 +351,27 @@ class Preprocessor:
         block[np.arange(len(strings)), cols] = 1.0
         return block
 
+    def category_masks(self, frame: pd.DataFrame) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        """Two [n, n_features] masks from one read of each categorical column: `unseen_mask` and `rare_mask`."""
+        unseen = np.zeros((len(frame), len(self.schema.features)), dtype=np.bool_)
+        rare = np.zeros_like(unseen)
+        for j, f in self._categorical:
+            strings, missing = category_values(take_column(frame, f.name), f.name, f.optional)
+            values = pd.Index(strings, dtype=object)
+            unseen[:, j] = (self._lookups[f.name].get_indexer(values) < 0) & ~missing
+            state = self._states[f.name]
+            if isinstance(state, _Categorical) and state.rare:
+                rare[:, j] = values.isin(state.rare) & ~missing
+        return unseen, rare
+
     def rare_mask(self, frame: pd.DataFrame) -> npt.NDArray[np.bool_]:
         """Shape [n, n_features]: True where a categorical value was seen when fitting, but in fewer than
         RARE_SHARE of the rows (a level of 0.3 % is normal; one seen twice in 40,000 records is not known)."""
-        mask = np.zeros((len(frame), len(self.schema.features)), dtype=np.bool_)
-        for j, f in self._categorical:
-            state = self._states[f.name]
-            if not isinstance(state, _Categorical) or not state.rare:
-                continue
-            strings, missing = category_values(take_column(frame, f.name), f.name, f.optional)
-            mask[:, j] = pd.Index(strings, dtype=object).isin(state.rare) & ~missing
-        return mask
+        return self.category_masks(frame)[1]
 
     def unseen_mask(self, frame: pd.DataFrame) -> npt.NDArray[np.bool_]:
         """Shape [n, n_features]: True where a categorical value was never seen when fitting."""
-        mask = np.zeros((len(frame), len(self.schema.features)), dtype=np.bool_)
-        for j, f in self._categorical:
-            strings, missing = category_values(take_column(frame, f.name), f.name, f.optional)
-            codes = self._lookups[f.name].get_indexer(pd.Index(strings, dtype=object))
-            mask[:, j] = (codes < 0) & ~missing
-        return mask
+        return self.category_masks(frame)[0]
 
     def decode(self, recon: npt.NDArray[np.float32]) -> pd.DataFrame:
         """The expected value of each feature, in original units, from reconstructions [n, n_columns].
