@@ -27,7 +27,7 @@ from training.model import AutoencoderSpec, DenseAutoencoder
 from training.preprocess import Preprocessor
 from training.schema import Schema
 from training.sequence import KEY_COLUMN, TS_COLUMN
-from training.settings import ModelSettings, Scoring, ThresholdSettings, min_rows_for, wide
+from training.settings import WIDE, WIDE_ROWS, ModelSettings, Scoring, ThresholdSettings, min_rows_for, wide
 from training.thresholds import Threshold, fit_threshold
 
 __all__ = ["KEY_COLUMN", "MAX_INCIDENTS", "TRIM_SPREADS", "TS_COLUMN", "fit_model"]
@@ -94,20 +94,24 @@ def _hybrid_fit(
         older = np.setdiff1d(np.arange(len(x)), rows)
         calibration, _ = NeighborMemory.build(view[older], model.neighbors, model.memory_size, seed,
                                               model.neighbor_search)
-        with torch.inference_mode():
-            near = calibration.query(torch.from_numpy(np.ascontiguousarray(view[rows])))
+        own: NeighborMemory = calibration
+        exclude = None
     else:
         position = np.full(len(x), -1, dtype=np.int64)
         position[kept] = np.arange(len(kept))
-        with torch.inference_mode():
-            near = memory.query(torch.from_numpy(np.ascontiguousarray(view[rows])),
-                                torch.from_numpy(position[rows]))
-    values = {"reconstruction": base, "distance": near.distance.double().numpy(),
-              "density": near.density.double().numpy()}
+        own, exclude = memory, torch.from_numpy(position[rows])
+    queries = torch.from_numpy(np.ascontiguousarray(view[rows]))
+    wide_rows, wide_k = _wide_scale(model, memory.bank.shape[0], own.bank.shape[0])
+    with torch.inference_mode():
+        near = own.query(queries, exclude)
+        values = {"reconstruction": base, "distance": near.distance.double().numpy(),
+                  "density": near.density.double().numpy()}
+        if wide_k > 0:
+            values[WIDE] = own.wide_distance(queries, wide_rows, wide_k, exclude).double().numpy()
     review_weight = model.review_weight if incidents is not None else 0.0
     scoring = Scoring(kind="hybrid", weights=model.weights, neighbors=memory.k, normalizer=fit_normalizer(values),
                       time_features=model.time_features, window=model.window, review_weight=review_weight,
-                      search=model.neighbor_search)
+                      search=model.neighbor_search, wide_rows=wide_rows, wide_k=wide_k)
     tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in values.items()}
     affinity = None
     if incidents is not None and review_weight > 0:
@@ -118,6 +122,17 @@ def _hybrid_fit(
         affinity = review_affinity(tensors["distance"], to_incident, scoring)
     score, _ = combine(tensors, scoring, affinity)
     return scoring, memory, score.numpy()
+
+
+def _wide_scale(model: ModelSettings, memory_rows: int, calibration_rows: int) -> tuple[int, int]:
+    """(rows, k) of the wide-scale distance: k is wide_share of the rows it is measured among (WIDE_ROWS of
+    the memory, or all of a smaller one), at least the local `neighbors`; (0, 0) when off or when the memory
+    (or a sequence model's memory of its older rows, which calibrates it) is too small for a wider scale."""
+    rows = min(WIDE_ROWS, memory_rows)
+    k = max(model.neighbors, round(model.wide_share * rows))
+    if model.wide_share <= 0 or k + 1 >= min(rows, calibration_rows):
+        return 0, 0
+    return rows, k
 
 
 def fit_model(

@@ -45,7 +45,7 @@ from training.preprocess import Preprocessor, numeric_block
 from training.result import Decoded, Rows, ScoreResult
 from training.schema import Schema
 from training.sequence import KEY_COLUMN, TIME_FEATURES, time_features, windows
-from training.settings import COMPONENTS, Scoring
+from training.settings import COMPONENTS, WIDE, Scoring
 from training.thresholds import Threshold
 
 __all__ = ["OUT_OF_RANGE_SPANS", "FittedModel", "Parts", "network_inputs", "score_parts"]
@@ -345,16 +345,19 @@ def score_parts(
                 if memory is None or scoring.normalizer is None:
                     raise ArtifactError("a hybrid model needs a neighbour memory and a normalizer")
                 view = memory_view(xb, spec.window)
-                near = memory.query(view, memory.own_rows(view))
+                own = memory.own_rows(view)
+                near = memory.query(view, own)
                 values = {"reconstruction": rec, "distance": near.distance.double(), "density": near.density.double()}
+                if scoring.has_wide:
+                    values[WIDE] = memory.wide_distance(view, scoring.wide_rows, scoring.wide_k, own).double()
                 affinity = None
                 if reviews and model.incidents is not None and scoring.review_weight > 0:
                     affinity = review_affinity(values["distance"], nearest_distance(xb, model.incidents), scoring)
                 score, z = combine(values, scoring, affinity)
                 neighbours.append(near.rows.cpu().numpy())
-                for name in COMPONENTS:
-                    comps[name].append(values[name].cpu().numpy())
-                    zs[name].append(z[name].cpu().numpy())
+                for name in z:
+                    comps.setdefault(name, []).append(values[name].cpu().numpy())
+                    zs.setdefault(name, []).append(z[name].cpu().numpy())
             scores.append(score.cpu().numpy())
     recon, all_scores = joined(recons), joined(scores)
     contrib: Callable[[Rows], npt.NDArray[np.float64]]

@@ -19,7 +19,7 @@ import torch
 from training.preprocess import Preprocessor
 from training.result import Rows
 from training.schema import Schema
-from training.settings import COMPONENTS, Scoring
+from training.settings import COMPONENTS, WIDE, Scoring
 
 __all__ = [
     "SEQUENCE_CONTEXT_WEIGHT",
@@ -152,20 +152,28 @@ def review_affinity(distance: torch.Tensor, to_incident: torch.Tensor, scoring: 
 def combine(
     values: Mapping[str, torch.Tensor], scoring: Scoring, affinity: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """softplus of the weighted mean of the log-standardised components (plus review_weight times the
-    affinity to confirmed outliers, when given); and each component's z."""
+    """softplus of the weighted mean of the log-standardised components, or of the log-standardised wide-scale
+    distance where that is larger (when the model has one: `values` then holds WIDE), plus review_weight times
+    the affinity to confirmed outliers, when given; and each component's z (and WIDE's)."""
     if scoring.normalizer is None:
         raise ValueError("hybrid scoring needs a normalizer")
     z: dict[str, torch.Tensor] = {}
     total = torch.zeros_like(values["reconstruction"])
     for name, weight in zip(COMPONENTS, scoring.weights, strict=True):
-        mean, std, eps = scoring.normalizer[name]
-        z[name] = (torch.log(values[name] + eps) - mean) / std
+        z[name] = _standardised(values[name], scoring.normalizer[name])
         total = total + weight * z[name]
     mixed = total / sum(scoring.weights)
+    if scoring.has_wide:
+        z[WIDE] = _standardised(values[WIDE], scoring.normalizer[WIDE])
+        mixed = torch.maximum(mixed, z[WIDE])
     if affinity is not None:
         mixed = mixed + scoring.review_weight * affinity
     return torch.nn.functional.softplus(mixed), z
+
+
+def _standardised(value: torch.Tensor, normal: tuple[float, float, float]) -> torch.Tensor:
+    mean, std, eps = normal
+    return (torch.log(value + eps) - mean) / std
 
 
 def _blend(
@@ -178,6 +186,10 @@ def _blend(
     push_near = weights[1] * z["distance"].clamp_min(0.0) + weights[2] * z["density"].clamp_min(0.0)
     total = push_rec + push_near
     share_rec = torch.where(total > 0, push_rec / total.clamp_min(1e-300), torch.ones_like(total))
+    if WIDE in z:
+        # a score the wide scale made: the distance to the neighbours' mean tells where the row lies apart
+        mixed = sum(w * z[name] for w, name in zip(weights, COMPONENTS, strict=True)) / sum(weights)
+        share_rec = torch.where(z[WIDE] > mixed, torch.zeros_like(share_rec), share_rec)
     rec_share = rec_features / rec_features.sum(dim=1, keepdim=True).clamp_min(1e-300)
     near_share = near_features / near_features.sum(dim=1, keepdim=True).clamp_min(1e-300)
     shares = share_rec.unsqueeze(1) * rec_share + (1.0 - share_rec).unsqueeze(1) * near_share
@@ -185,9 +197,12 @@ def _blend(
 
 
 def fit_normalizer(values: Mapping[str, npt.NDArray[np.float64]]) -> dict[str, tuple[float, float, float]]:
-    """Per component: (mean, std, eps) of log(value + eps) over held-out normal rows."""
+    """Per component (and WIDE, when `values` holds it): (mean, std, eps) of log(value + eps) over held-out
+    normal rows."""
     out = {}
-    for name in COMPONENTS:
+    for name in (*COMPONENTS, WIDE):
+        if name not in values:
+            continue
         v = np.asarray(values[name], dtype=np.float64)
         scale = float(np.median(v)) or float(np.mean(v))
         eps = 1e-3 * scale + 1e-12

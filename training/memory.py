@@ -21,7 +21,7 @@ import torch
 
 from training.choices import SEARCHES, Search
 
-__all__ = ["NeighborMemory", "NeighborResult", "nearest_distance"]
+__all__ = ["NeighborMemory", "NeighborResult", "nearest_distance", "wide_positions"]
 
 logger = logging.getLogger(__name__)
 
@@ -263,6 +263,36 @@ class NeighborMemory:
             found.append(_measured(bank, qb, lists.nearest(qb, ex, self.k, buffer)))
         return _joined(found, self.k, q.device)
 
+    def wide_distance(self, q: torch.Tensor, rows: int, k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """[n]: each query row's mean distance to its `k` nearest among `rows` evenly spaced remembered rows
+        (`wide_positions`), exactly; `exclude` [n] names a bank row to leave out per query (-1: none).
+
+        The hybrid score's wide scale (ModelSettings.wide_share): k is a share of the rows, not a handful, so a
+        group of incident records the memory holds does not vouch for its own members.
+        """
+        positions = wide_positions(self.bank.shape[0], rows)
+        if not 1 <= k < len(positions):
+            raise ValueError(f"wide k must be in [1, {len(positions) - 1}] for {len(positions)} rows, got {k}")
+        sample = self.bank[torch.from_numpy(positions).to(self.bank.device)].to(q.device)
+        slot = None
+        if exclude is not None:
+            lookup = torch.full((self.bank.shape[0] + 1,), -1, dtype=torch.int64)
+            lookup[torch.from_numpy(positions)] = torch.arange(len(positions))
+            slot = lookup[exclude.cpu().long()].to(q.device)       # exclude -1 reads the last entry: -1
+        q = q.float()
+        step = max(1, _CHUNK_ELEMENTS // len(positions))
+        out = []
+        for start in range(0, len(q), step):
+            # one matrix product per chunk: a mean over k distances does not need the direct difference's
+            # last digits (an exact twin's distance may come out as a few 1e-4 instead of 0)
+            d = torch.cdist(q[start : start + step], sample, compute_mode="use_mm_for_euclid_dist")
+            if slot is not None:
+                s = slot[start : start + step]
+                hit = (s >= 0).nonzero().squeeze(1)
+                d[hit, s[hit]] = float("inf")
+            out.append(d.topk(k, dim=1, largest=False).values.mean(dim=1))
+        return torch.cat(out) if out else torch.empty(0, device=q.device)
+
     def query(self, q: torch.Tensor, exclude: torch.Tensor | None = None) -> NeighborResult:
         """Distances, density ratios and neighbour means of query rows `q` [n, d] (found as `search` says);
         `exclude` [n] names a bank row to leave out per query (its own, for leave-one-out), -1 for none."""
@@ -275,6 +305,14 @@ class NeighborMemory:
         bank = self.bank if self.bank.device == q.device else self.bank.to(q.device)
         density = dist[:, -1] / kdist[idx].mean(dim=1).clamp_min(self._kdist_floor)
         return NeighborResult(dist.mean(dim=1), density, bank, idx)
+
+
+def wide_positions(m: int, rows: int) -> npt.NDArray[np.int64]:
+    """Positions of `rows` evenly spaced rows of a bank of `m` (all of them when rows >= m): the rows the wide
+    scale is measured among, the same for the same bank whenever it is loaded."""
+    if rows >= m:
+        return np.arange(m, dtype=np.int64)
+    return np.unique(np.linspace(0, m - 1, rows).round().astype(np.int64))
 
 
 def _measured(bank: torch.Tensor, q: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

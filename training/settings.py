@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COMPONENTS",
+    "WIDE",
+    "WIDE_ROWS",
+    "WIDE_SHARE",
     "ModelSettings",
     "NetworkSettings",
     "Scoring",
@@ -50,6 +53,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 COMPONENTS = ("reconstruction", "distance", "density")     # the parts of a hybrid score, in `weights` order
+WIDE = "wide"               # the hybrid score's wide-scale distance (ModelSettings.wide_share), beside COMPONENTS
+WIDE_SHARE = 0.1            # ModelSettings.wide_share's default (chosen on half of the DTE sets: bench/dte.py)
+WIDE_ROWS = 2000            # remembered rows the wide-scale distance is measured among (evenly spaced)
 
 S = TypeVar("S", bound="DataclassInstance")
 
@@ -107,7 +113,12 @@ class ModelSettings(NetworkSettings):
     to its normal neighbours / distance to the nearest confirmed outlier); 0 turns it off.
     `neighbor_search` (hybrid): how the nearest remembered rows are found, "exact" or "approximate" (among
     the rows of the few k-means cells of the memory nearest to a record: faster, now and then a neighbour
-    missed; `training.memory.NeighborMemory`). `per_key` "on": when the training frame holds several keys (its
+    missed; `training.memory.NeighborMemory`). `wide_share` (hybrid): a record is also judged at a wide scale,
+    by its mean distance to the nearest `wide_share` of (up to WIDE_ROWS evenly spaced) remembered rows,
+    log-standardised like the components; the score takes the larger of that and the weighted average. A
+    window that holds an incident remembers the incident's records, and they vouch for each other at the scale
+    of 5 neighbours; unless the incident is more than `wide_share` of the window, they do not at the wide
+    scale (0 turns it off). `per_key` "on": when the training frame holds several keys (its
     KEY_COLUMN), each record is also judged against its own key's normal (`training.keys.KeyNormal`); "auto":
     from `training.keys.AUTO_KEYS` keys on (a few keys with many records each the network tells apart by their
     values alone, and the key columns only add noise: the demo's 4 hosts lose incidents with them).
@@ -122,8 +133,11 @@ class ModelSettings(NetworkSettings):
     review_weight: float = 4.0
     neighbor_search: Search = "approximate"
     per_key: PerKey = "auto"
+    wide_share: float = WIDE_SHARE
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.wide_share < 0.5:
+            raise ValueError(f"ModelSettings.wide_share must be in [0, 0.5), got {self.wide_share!r}")
         if self.per_key not in PER_KEY:
             raise ValueError(f"ModelSettings.per_key must be one of {PER_KEY}, got {self.per_key!r}")
         if self.neighbor_search not in SEARCHES:
@@ -190,12 +204,20 @@ class Scoring:
     review_weight: float = 0.0
     # how the memory finds the nearest rows (hybrid): the search the threshold was calibrated with
     search: Search = "exact"
+    # the wide-scale distance (hybrid): the mean distance to the wide_k nearest of wide_rows evenly spaced
+    # remembered rows (NeighborMemory.wide_distance); 0: none (and models stored before it)
+    wide_rows: int = 0
+    wide_k: int = 0
+
+    @property
+    def has_wide(self) -> bool:
+        return self.kind == "hybrid" and self.wide_k > 0 and self.normalizer is not None and WIDE in self.normalizer
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "weights": list(self.weights), "neighbors": self.neighbors,
                 "normalizer": None if self.normalizer is None else {k: list(v) for k, v in self.normalizer.items()},
                 "time_features": self.time_features, "window": self.window, "review_weight": self.review_weight,
-                "search": self.search}
+                "search": self.search, "wide_rows": self.wide_rows, "wide_k": self.wide_k}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Scoring:
@@ -213,7 +235,8 @@ class Scoring:
                    normalizer=None if normalizer is None else {
                        str(k): (float(v[0]), float(v[1]), float(v[2])) for k, v in dict(normalizer).items()},
                    time_features=bool(d.get("time_features", False)), window=int(d.get("window", 1)),
-                   review_weight=float(d.get("review_weight", 0.0)), search=search)
+                   review_weight=float(d.get("review_weight", 0.0)), search=search,
+                   wide_rows=int(d.get("wide_rows", 0)), wide_k=int(d.get("wide_k", 0)))
 
 
 MIN_ROWS = 32               # the fewest rows a fit accepts, whatever the width

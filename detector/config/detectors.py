@@ -29,6 +29,7 @@ from training.choices import (
     Variant,
 )
 from training.schema import Feature, FeatureKind, Schema
+from training.settings import WIDE_SHARE
 
 __all__ = [
     "AlertingConfig",
@@ -75,6 +76,7 @@ class ModelConfig(Section):
     review_weight: float = Field(default=4.0, ge=0.0, le=100.0)
     neighbor_search: Search = "approximate"
     per_key: PerKey = "auto"
+    wide_share: float = Field(default=WIDE_SHARE, ge=0.0, lt=0.5)
     loss: LossName = "mse"
     epochs: int = Field(default=100, gt=0)
     batch_size: int = Field(default=256, gt=0)
