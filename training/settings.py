@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 
 COMPONENTS = ("reconstruction", "distance", "density")     # the parts of a hybrid score, in `weights` order
 WIDE = "wide"               # the hybrid score's wide-scale distance (ModelSettings.wide_share), beside COMPONENTS
-WIDE_SHARE = 0.1            # ModelSettings.wide_share's default (chosen on half of the DTE sets: bench/dte.py)
+WIDE_SHARE = 0.2            # ModelSettings.wide_share's default (chosen on half of the DTE sets: bench/dte.py)
 WIDE_ROWS = 2000            # remembered rows the wide-scale distance is measured among (evenly spaced)
 
 S = TypeVar("S", bound="DataclassInstance")

@@ -15,7 +15,7 @@ from training.fitted import FittedModel
 from training.memory import NeighborMemory, wide_positions
 from training.schema import Feature, Schema
 from training.sequence import TS_COLUMN
-from training.settings import WIDE, ModelSettings, Scoring
+from training.settings import WIDE, ModelSettings
 
 COLUMNS = [f"f{j}" for j in range(6)]
 SCHEMA = Schema(tuple(Feature(name, "numeric") for name in COLUMNS))
@@ -53,9 +53,10 @@ def _fit(window: pd.DataFrame, share: float) -> FittedModel:
 def test_an_incident_the_window_holds_is_still_flagged(contaminated: tuple[pd.DataFrame, pd.DataFrame]) -> None:
     window, fresh = contaminated
     truth = np.r_[np.zeros(1000, bool), np.ones(100, bool)]
-    wide = _fit(window, 0.1)
+    wide = _fit(window, 0.2)
     local = _fit(window, 0.0)
-    assert wide.scoring.wide_k == 200 and wide.scoring.wide_rows == 2000
+    assert wide.scoring.wide_k == 400 and wide.scoring.wide_rows == 2000
+    assert wide.report["wide_scale"]["used"] and wide.report["wide_scale"]["rows_apart"] > 0.005
     assert local.scoring.wide_k == 0 and WIDE not in (local.scoring.normalizer or {})
     scored, plain = wide.score(fresh), local.score(fresh)
     # at the scale of 5 neighbours the incident's remembered records vouch for each other
@@ -70,8 +71,12 @@ def test_a_clean_window_scores_much_as_without_the_wide_scale() -> None:
     window = _normal(1500, 4)
     fresh = pd.concat([_normal(1000, 5), _incident(30, 6)], ignore_index=True)
     truth = np.r_[np.zeros(1000, bool), np.ones(30, bool)]
-    for share in (0.1, 0.0):
-        result = _fit(window, share).score(fresh)
+    for share in (0.2, 0.0):
+        model = _fit(window, share)
+        # the window's held-out rows do not lie apart at the wide scale: it is not used
+        assert not model.scoring.has_wide and not model.report["wide_scale"]["used"]
+        assert model.report["wide_scale"]["rows_apart"] <= 0.005
+        result = model.score(fresh)
         assert auc(result.scores[~truth], result.scores[truth]) > 0.99
         assert float(np.mean(result.is_outlier[truth])) == 1.0
         assert float(np.mean(result.is_outlier[~truth])) < 0.03
@@ -105,7 +110,8 @@ def test_the_wide_scale_survives_the_artifact_and_older_artifacts_score_without_
     contaminated: tuple[pd.DataFrame, pd.DataFrame],
 ) -> None:
     window, fresh = contaminated
-    model = _fit(window, 0.1)
+    model = _fit(window, 0.2)
+    assert model.scoring.has_wide
     weights, meta = model.to_artifact()
     again = FittedModel.from_artifact(weights, meta)
     assert again.scoring == model.scoring
@@ -130,7 +136,8 @@ def test_sequence_models_calibrate_the_wide_scale_on_their_older_rows() -> None:
     frame = pd.DataFrame({"f0": level + 0.05 * rng.normal(size=n), TS_COLUMN: ts})
     schema = Schema((Feature("f0", "numeric"),))
     model = fit_model(frame, schema, ModelSettings(hidden=(8,), latent=2, window=8, arch="conv"), FAST)
-    assert model.scoring.has_wide
-    assert isinstance(model.scoring, Scoring) and 0 < model.scoring.wide_k < model.scoring.wide_rows
+    wide = model.report["wide_scale"]
+    assert 0 < wide["k"] < wide["rows"] <= 2000 and 0.0 <= wide["rows_apart"] <= 1.0
+    assert model.scoring.has_wide == wide["used"] == (wide["rows_apart"] > 0.005)
     assert model.val_scores is not None
     assert float(np.mean(model.val_scores > model.threshold.value)) <= 0.02
