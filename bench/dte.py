@@ -24,6 +24,7 @@ if __package__ in (None, ""):                 # run as a script: make `bench` im
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
+import json
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -156,15 +157,17 @@ def _frame(x: npt.NDArray[Any]) -> pd.DataFrame:
     return pd.DataFrame(x.astype(np.float64), columns=[f"x{i}" for i in range(x.shape[1])])
 
 
-def vigil_scores(x_train: npt.NDArray[Any], x_test: npt.NDArray[Any], seed: int) -> tuple[FloatArray, Record]:
+def vigil_scores(x_train: npt.NDArray[Any], x_test: npt.NDArray[Any], seed: int,
+                 model_settings: dict[str, Any] | None = None) -> tuple[FloatArray, Record]:
     """Fit as `vigil evaluate TRAIN TEST` with default settings does (the schema inferred, a default detector,
-    its training rows, the first-window trim) on raw features; score the test rows. Raises TrainingFailedError
+    its training rows, the first-window trim) on raw features; score the test rows. `model_settings`: keys of
+    the detector's `model` section to set (validated as a config file's are). Raises TrainingFailedError
     (`vigil evaluate`'s message) when Vigil refuses the training rows."""
     train, test = _frame(x_train), _frame(x_test)
     schema = infer_schema(train, test, exclude=set())
     det = default_detector(schema)
-    if seed != det.model.seed:
-        det = det.model_copy(update={"model": det.model.model_copy(update={"seed": seed})})
+    values = det.model.model_dump() | {"seed": seed} | (model_settings or {})
+    det = det.model_copy(update={"model": type(det.model).model_validate(values)})
     rows = _training_rows(train, None, det, Path("TRAIN"), [])
     started = time.perf_counter()
     model = _fit(rows, schema, det)
@@ -216,7 +219,7 @@ def _measure(method: str, truth: npt.NDArray[Any], run: Callable[[], tuple[Float
 
 def run_set(protocol: str, name: str, seed: int, methods: Sequence[str] = METHODS,
             paper: pd.DataFrame | None = None, data: tuple[npt.NDArray[Any], npt.NDArray[Any]] | None = None,
-            resample: bool = False) -> Record:
+            resample: bool = False, model_settings: dict[str, Any] | None = None) -> Record:
     """One set under `protocol` with `seed`: every method on the same split; one CSV row (AUCs as fractions).
     `resample`: first resample the set as DTE's data generator does (adbench_rows)."""
     started = time.perf_counter()
@@ -231,7 +234,7 @@ def run_set(protocol: str, name: str, seed: int, methods: Sequence[str] = METHOD
                       "anomaly_rate": float(np.mean(y)), "n_train": len(train), "n_test": len(test),
                       "n_test_anomalies": int(truth.sum())}
     if "vigil" in methods:
-        record |= _measure("vigil", truth, lambda: vigil_scores(x[train], x[test], seed))
+        record |= _measure("vigil", truth, lambda: vigil_scores(x[train], x[test], seed, model_settings))
     if "knn" in methods or "iforest" in methods:
         x_fit, x_test = scaled(protocol, x, train, test)
         if "knn" in methods:
@@ -489,6 +492,16 @@ def _csv_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+def _setting(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--protocol", choices=PROTOCOLS, required=True,
@@ -501,8 +514,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--adbench-resample", action="store_true", help="resample each set first as DTE's data "
                         f"generator does (under {ADBENCH_MIN_ROWS:,} rows: bootstrapped up to {ADBENCH_MIN_ROWS:,}; "
                         f"over {ADBENCH_MAX_ROWS:,}: subsampled to {ADBENCH_MAX_ROWS:,}); not what the README states")
+    parser.add_argument("--model", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                        help="set a key of Vigil's detector `model` section (a JSON value), e.g. wide_share=0.2; "
+                        "repeatable; the default: none (the shipped defaults)")
     parser.add_argument("--resume", action="store_true", help="keep the rows the CSV holds; run the other sets")
     args = parser.parse_args(argv)
+    args.model = dict(args.model)
+    if args.model and args.output is None and args.sets is None:
+        parser.error("--model changes the defaults: name an --output other than the defaults' results")
     if unknown := sorted(set(args.methods) - set(METHODS)):
         parser.error(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
     index = set_index()
@@ -534,7 +553,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             if (name, seed) in done:
                 continue
             print(f"{args.protocol} {name} seed {seed}", file=sys.stderr)
-            record = run_set(args.protocol, name, seed, args.methods, paper, resample=args.adbench_resample)
+            record = run_set(args.protocol, name, seed, args.methods, paper, resample=args.adbench_resample,
+                             model_settings=args.model)
             line = pd.DataFrame([record]).reindex(columns=CSV_COLUMNS)
             print("  " + ", ".join(f"{m} {_pct(record.get(f'{m}_auc', np.nan))}" for m in args.methods)
                   + f" ({record['set_s']:.1f} s)" + "".join(f"; {m}: {record[f'{m}_error']}" for m in args.methods

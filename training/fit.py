@@ -27,7 +27,7 @@ from training.model import AutoencoderSpec, DenseAutoencoder
 from training.preprocess import Preprocessor
 from training.schema import Schema
 from training.sequence import KEY_COLUMN, TS_COLUMN
-from training.settings import COMPONENTS, WIDE, WIDE_ROWS, ModelSettings, Scoring, ThresholdSettings, min_rows_for, wide
+from training.settings import WIDE, WIDE_ROWS, ModelSettings, Scoring, ThresholdSettings, min_rows_for, wide
 from training.thresholds import Threshold, fit_threshold
 
 __all__ = ["KEY_COLUMN", "MAX_INCIDENTS", "TRIM_SPREADS", "TS_COLUMN", "fit_model"]
@@ -35,8 +35,6 @@ __all__ = ["KEY_COLUMN", "MAX_INCIDENTS", "TRIM_SPREADS", "TS_COLUMN", "fit_mode
 logger = logging.getLogger(__name__)
 
 TRIM_SPREADS = 2.0         # first-window trim: how far beyond the held-out 95th percentile a row must score
-WIDE_GAP = 2.0             # a held-out row is "apart" when its wide-scale z exceeds its weighted average by this
-WIDE_APART = 0.005         # the wide scale is used when more than this share of held-out rows is apart
 TAIL_SHARE = 0.5          # trimmed rows beyond the cut that may rejoin calibration, as a share of target_fpr
 MAX_INCIDENTS = 5000       # confirmed outliers a hybrid model remembers (the newest ones when there are more)
 
@@ -123,20 +121,8 @@ def _hybrid_fit(
         with torch.inference_mode():
             to_incident = nearest_distance(torch.from_numpy(np.ascontiguousarray(x[rows])), incidents)
         affinity = review_affinity(tensors["distance"], to_incident, scoring)
-    score, z = combine(tensors, scoring, affinity)
-    apart = 0.0
-    if WIDE in z:
-        # A window whose records vouch for each other in groups (an incident's records, remembered) shows it on
-        # its held-out rows: more of them lie much further out at the wide scale than among their neighbours
-        # than a clean window's do. Only then is the wide scale used: on a clean window it only adds noise
-        # (the 20 core sets' mean AP fell from 0.830 to 0.802 with it always on).
-        mixed = sum(w * z[name] for w, name in zip(model.weights, COMPONENTS, strict=True)) / sum(model.weights)
-        apart = float(torch.mean(((z[WIDE] - mixed) > WIDE_GAP).double()))
-        if apart <= WIDE_APART:
-            normalizer = {k: v for k, v in (scoring.normalizer or {}).items() if k != WIDE}
-            scoring = replace(scoring, normalizer=normalizer, wide_rows=0, wide_k=0)
-            score, _ = combine(tensors, scoring, affinity)
-    wide_report = {"k": wide_k, "rows": wide_rows, "rows_apart": apart, "used": scoring.has_wide}
+    score, _ = combine(tensors, scoring, affinity)
+    wide_report = {"k": wide_k, "rows": wide_rows, "used": scoring.has_wide}
     return scoring, memory, score.numpy(), wide_report
 
 
@@ -229,7 +215,7 @@ def fit_model(
     if model.score == "hybrid":
         scoring, memory, val_scores, wide_report = _hybrid_fit(x, rows, base, model, train.seed, incidents)
     else:
-        wide_report = {"k": 0, "rows": 0, "rows_apart": 0.0, "used": False}
+        wide_report = {"k": 0, "rows": 0, "used": False}
         scoring = Scoring(kind=model.score, weights=model.weights, neighbors=model.neighbors,
                           time_features=model.time_features, window=model.window)
         val_scores = base

@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 
 COMPONENTS = ("reconstruction", "distance", "density")     # the parts of a hybrid score, in `weights` order
 WIDE = "wide"               # the hybrid score's wide-scale distance (ModelSettings.wide_share), beside COMPONENTS
-WIDE_SHARE = 0.2            # ModelSettings.wide_share's default (chosen on half of the DTE sets: bench/dte.py)
+WIDE_SHARE = 0.0            # ModelSettings.wide_share's default: off (0.2 for windows that hold incidents: README)
 WIDE_ROWS = 2000            # remembered rows the wide-scale distance is measured among (evenly spaced)
 
 S = TypeVar("S", bound="DataclassInstance")
@@ -118,7 +118,8 @@ class ModelSettings(NetworkSettings):
     log-standardised like the components; the score takes the larger of that and the weighted average. A
     window that holds an incident remembers the incident's records, and they vouch for each other at the scale
     of 5 neighbours; unless the incident is more than `wide_share` of the window, they do not at the wide
-    scale (0 turns it off). `per_key` "on": when the training frame holds several keys (its
+    scale. 0 (the default) turns it off: on clean windows it costs precision (bench/results).
+    `per_key` "on": when the training frame holds several keys (its
     KEY_COLUMN), each record is also judged against its own key's normal (`training.keys.KeyNormal`); "auto":
     from `training.keys.AUTO_KEYS` keys on (a few keys with many records each the network tells apart by their
     values alone, and the key columns only add noise: the demo's 4 hosts lose incidents with them).

@@ -13,6 +13,7 @@ from bench.dte import (
     TABULAR,
     adbench_rows,
     bootstrap_rows,
+    parse_args,
     protocol_split,
     published,
     run_set,
@@ -121,3 +122,14 @@ def test_a_set_vigil_refuses_is_recorded_with_its_message() -> None:
     assert record["n_train"] == 20 and 0.0 <= record["knn_auc"] <= 1.0
     s = summarise(pd.DataFrame([record]), "dte")
     assert s["n_ran"] == 0 and "tiny" in s["refused"] and s["mean_all"]["vigil_auc"] == 0.5
+
+
+@needs_data
+def test_model_settings_are_parsed_as_json_and_never_overwrite_the_defaults_results() -> None:
+    args = parse_args(["--protocol", "dte-unsup", "--sets", "wine", "--model", "wide_share=0.2",
+                           "--model", "neighbor_search=exact"])
+    assert args.model == {"wide_share": 0.2, "neighbor_search": "exact"}
+    with pytest.raises(SystemExit):
+        parse_args(["--protocol", "dte-unsup", "--model", "wide_share=0.2"])
+    with pytest.raises(SystemExit):
+        parse_args(["--protocol", "dte-unsup", "--sets", "wine", "--model", "wide_share"])
