@@ -476,14 +476,20 @@ def _table_text(protocol: str, rows: pd.DataFrame) -> list[str]:
 
 
 def report(rows: pd.DataFrame, protocol: str, seeds: Sequence[int], command: str, wall_s: float,
-           resample: bool = False) -> str:
-    """The Markdown report of a protocol's per-set rows."""
+           resample: bool = False, model_settings: dict[str, Any] | None = None) -> str:
+    """The Markdown report of a protocol's per-set rows; `model_settings`: the keys of Vigil's `model` section
+    the run set (named wherever the report would say "defaults")."""
     sections = [_header(protocol, command, wall_s, float(rows["set_s"].sum())),
                 _protocol_text(protocol, seeds, resample)]
     if len(rows):
         sections += [_summary_text(protocol, rows), _check_text(protocol, rows, resample), _worst_text(rows),
                      _table_text(protocol, rows)]
-    return "\n\n".join("\n".join(lines) for lines in sections if lines) + "\n"
+    text = "\n\n".join("\n".join(lines) for lines in sections if lines) + "\n"
+    if model_settings:
+        changed = ", ".join(f"`model.{key}` = {json.dumps(value)}" for key, value in model_settings.items())
+        text = text.replace(LABELS["vigil"], f"Vigil ({changed}, otherwise defaults, as `vigil evaluate`)")
+        text = text.replace("fits with default settings", f"fits with default settings except {changed}")
+    return text
 
 
 # --- the command line ------------------------------------------------------------------------------------------
@@ -563,9 +569,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             if csv is not None and args.output is not None:
                 csv.parent.mkdir(parents=True, exist_ok=True)
                 line.to_csv(csv, mode="a", header=not csv.exists(), index=False)
-                args.output.write_text(report(rows, args.protocol, args.seeds, command,
-                                              time.perf_counter() - started, args.adbench_resample), encoding="utf-8")
-    text = report(rows, args.protocol, args.seeds, command, time.perf_counter() - started, args.adbench_resample)
+                args.output.write_text(report(rows, args.protocol, args.seeds, command, time.perf_counter() - started,
+                                              args.adbench_resample, args.model), encoding="utf-8")
+    text = report(rows, args.protocol, args.seeds, command, time.perf_counter() - started, args.adbench_resample,
+                  args.model)
     print(text)
     if args.output is not None:
         args.output.write_text(text, encoding="utf-8")
