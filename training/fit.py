@@ -79,9 +79,8 @@ def _calibration(
 def _hybrid_fit(
     x: npt.NDArray[np.float32], rows: npt.NDArray[np.intp], base: npt.NDArray[np.float64], model: ModelSettings,
     seed: int, incidents: torch.Tensor | None = None,
-) -> tuple[Scoring, NeighborMemory, npt.NDArray[np.float64], dict[str, Any]]:
-    """Build the neighbour memory and normalizer; returns them, the calibration rows' hybrid scores and what the
-    wide scale found (for the report).
+) -> tuple[Scoring, NeighborMemory, npt.NDArray[np.float64]]:
+    """Build the neighbour memory and normalizer; returns them and the calibration rows' hybrid scores.
 
     The memory holds (a sample of) every training row; each calibration row is scored leave-one-out,
     as a new normal record would be: against the memory without itself, with the reconstruction
@@ -122,8 +121,7 @@ def _hybrid_fit(
             to_incident = nearest_distance(torch.from_numpy(np.ascontiguousarray(x[rows])), incidents)
         affinity = review_affinity(tensors["distance"], to_incident, scoring)
     score, _ = combine(tensors, scoring, affinity)
-    wide_report = {"k": wide_k, "rows": wide_rows, "used": scoring.has_wide}
-    return scoring, memory, score.numpy(), wide_report
+    return scoring, memory, score.numpy()
 
 
 def _wide_scale(model: ModelSettings, memory_rows: int, calibration_rows: int) -> tuple[int, int]:
@@ -213,16 +211,15 @@ def fit_model(
     memory = None
     incidents = _incidents(confirmed, preprocessor, model)
     if model.score == "hybrid":
-        scoring, memory, val_scores, wide_report = _hybrid_fit(x, rows, base, model, train.seed, incidents)
+        scoring, memory, val_scores = _hybrid_fit(x, rows, base, model, train.seed, incidents)
     else:
-        wide_report = {"k": 0, "rows": 0, "used": False}
         scoring = Scoring(kind=model.score, weights=model.weights, neighbors=model.neighbors,
                           time_features=model.time_features, window=model.window)
         val_scores = base
     fitted_threshold = fit_threshold(val_scores, threshold.method, threshold.target_fpr, threshold.k)
     report = _report(outcome, fitted_threshold, model, train, threshold, n_rows=len(frame), val=val_scores)
     report["wide"] = narrow
-    report["wide_scale"] = wide_report
+    report["wide_scale"] = {"k": scoring.wide_k, "rows": scoring.wide_rows, "used": scoring.has_wide}
     if scoring.review_weight == 0:
         incidents = None
     report["scoring"] = {"kind": scoring.kind, "weights": list(scoring.weights),

@@ -157,18 +157,22 @@ def combine(
     the affinity to confirmed outliers, when given; and each component's z (and WIDE's)."""
     if scoring.normalizer is None:
         raise ValueError("hybrid scoring needs a normalizer")
-    z: dict[str, torch.Tensor] = {}
-    total = torch.zeros_like(values["reconstruction"])
-    for name, weight in zip(COMPONENTS, scoring.weights, strict=True):
-        z[name] = _standardised(values[name], scoring.normalizer[name])
-        total = total + weight * z[name]
-    mixed = total / sum(scoring.weights)
+    z = {name: _standardised(values[name], scoring.normalizer[name]) for name in COMPONENTS}
+    mixed = _weighted(z, scoring.weights)
     if scoring.has_wide:
         z[WIDE] = _standardised(values[WIDE], scoring.normalizer[WIDE])
         mixed = torch.maximum(mixed, z[WIDE])
     if affinity is not None:
         mixed = mixed + scoring.review_weight * affinity
     return torch.nn.functional.softplus(mixed), z
+
+
+def _weighted(z: Mapping[str, torch.Tensor], weights: tuple[float, float, float]) -> torch.Tensor:
+    """The weighted mean of the components' z."""
+    total = torch.zeros_like(z["reconstruction"])
+    for name, weight in zip(COMPONENTS, weights, strict=True):
+        total = total + weight * z[name]
+    return total / sum(weights)
 
 
 def _standardised(value: torch.Tensor, normal: tuple[float, float, float]) -> torch.Tensor:
@@ -188,8 +192,7 @@ def _blend(
     share_rec = torch.where(total > 0, push_rec / total.clamp_min(1e-300), torch.ones_like(total))
     if WIDE in z:
         # a score the wide scale made: the distance to the neighbours' mean tells where the row lies apart
-        mixed = sum(w * z[name] for w, name in zip(weights, COMPONENTS, strict=True)) / sum(weights)
-        share_rec = torch.where(z[WIDE] > mixed, torch.zeros_like(share_rec), share_rec)
+        share_rec = torch.where(z[WIDE] > _weighted(z, weights), torch.zeros_like(share_rec), share_rec)
     rec_share = rec_features / rec_features.sum(dim=1, keepdim=True).clamp_min(1e-300)
     near_share = near_features / near_features.sum(dim=1, keepdim=True).clamp_min(1e-300)
     shares = share_rec.unsqueeze(1) * rec_share + (1.0 - share_rec).unsqueeze(1) * near_share

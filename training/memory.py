@@ -106,6 +106,7 @@ class NeighborMemory:
         self._plain: tuple[torch.Tensor, torch.Tensor] | None = None   # bank.T and ||b||^2, made on first use
         self._screen: _Screen | bool | None = None        # built on the first CPU query; False: not usable
         self._hashes: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None    # own_rows' lookup
+        self._wide: tuple[int, torch.Tensor, torch.Tensor] | None = None    # wide_distance's rows and lookup
         # Rows with k or more exact twins have a k-th distance of 0 (an idle host reporting the same
         # values): the density ratio divides by at least a tenth of the typical k-th distance instead.
         positive = self.kdist[self.kdist > 0]
@@ -270,17 +271,14 @@ class NeighborMemory:
         The hybrid score's wide scale (ModelSettings.wide_share): k is a share of the rows, not a handful, so a
         group of incident records the memory holds does not vouch for its own members.
         """
-        positions = wide_positions(self.bank.shape[0], rows)
-        if not 1 <= k < len(positions):
-            raise ValueError(f"wide k must be in [1, {len(positions) - 1}] for {len(positions)} rows, got {k}")
-        sample = self.bank[torch.from_numpy(positions).to(self.bank.device)].to(q.device)
-        slot = None
-        if exclude is not None:
-            lookup = torch.full((self.bank.shape[0] + 1,), -1, dtype=torch.int64)
-            lookup[torch.from_numpy(positions)] = torch.arange(len(positions))
-            slot = lookup[exclude.cpu().long()].to(q.device)       # exclude -1 reads the last entry: -1
+        sample, lookup = self._wide_parts(rows)
+        if not 1 <= k < len(sample):
+            raise ValueError(f"wide k must be in [1, {len(sample) - 1}] for {len(sample)} rows, got {k}")
+        sample = sample.to(q.device)
+        # exclude -1 reads the lookup's last entry: -1
+        slot = lookup[exclude.cpu().long()].to(q.device) if exclude is not None else None
         q = q.float()
-        step = max(1, _CHUNK_ELEMENTS // len(positions))
+        step = max(1, _CHUNK_ELEMENTS // len(sample))
         out = []
         for start in range(0, len(q), step):
             # one matrix product per chunk: a mean over k distances does not need the direct difference's
@@ -292,6 +290,16 @@ class NeighborMemory:
                 d[hit, s[hit]] = float("inf")
             out.append(d.topk(k, dim=1, largest=False).values.mean(dim=1))
         return torch.cat(out) if out else torch.empty(0, device=q.device)
+
+    def _wide_parts(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """wide_distance's rows of the bank [r, d] and, per bank row (plus a last entry for -1), its place among
+        them or -1. Made once per bank and row count, not for every batch scored."""
+        if self._wide is None or self._wide[0] != rows:
+            positions = torch.from_numpy(wide_positions(self.bank.shape[0], rows))
+            lookup = torch.full((self.bank.shape[0] + 1,), -1, dtype=torch.int64)
+            lookup[positions] = torch.arange(len(positions))
+            self._wide = (rows, self.bank[positions.to(self.bank.device)], lookup)
+        return self._wide[1], self._wide[2]
 
     def query(self, q: torch.Tensor, exclude: torch.Tensor | None = None) -> NeighborResult:
         """Distances, density ratios and neighbour means of query rows `q` [n, d] (found as `search` says);
