@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -11,9 +14,12 @@ import pytest
 
 from detector.config import load_config
 from detector.offline.replay import replay_file, replay_records
+from detector.scheduler import training_trigger
 from detector.store.db import open_repository
 from tests.detector.offline.test_evaluate import run_vigil
-from tests.support.config import detector, heading, write_config_file
+from tests.support.config import daemon_heading, detector, heading, write_config_file
+from tests.support.daemon import Daemon
+from tests.support.net import free_port
 
 START = datetime(2025, 1, 6, tzinfo=UTC)
 STEP = timedelta(minutes=1)
@@ -139,3 +145,99 @@ def test_the_command_writes_every_record_and_names_a_bad_label(tmp_path: Path) -
                      "--label-column", "label")
     assert done.returncode == 2
     assert "label" in done.stderr and "6" in done.stderr
+
+
+LIVE_SLOT_S = 10          # the live daemon's training interval: short, so that a test sees three slots
+
+
+def _live_phase(rng: np.random.Generator, n: int, incidents: int) -> list[dict[str, Any]]:
+    """`n` records of hosts a and b timed now (a millisecond apart, ending a little before now), the last
+    `incidents` of them with latency 30 higher than their load explains."""
+    end = datetime.now(UTC) - timedelta(milliseconds=50)
+    out = []
+    for i in range(n):
+        host, level = ("a", 30.0) if i % 2 == 0 else ("b", 60.0)
+        load = level + float(rng.normal(0, 5))
+        latency = 20 + 0.5 * load + float(rng.normal(0, 1)) + (30.0 if i >= n - incidents else 0.0)
+        out.append({"ts": (end - (n - 1 - i) * timedelta(milliseconds=1)).isoformat(), "host": host,
+                    "load": round(load, 4), "latency": round(latency, 4)})
+    return out
+
+
+@pytest.mark.slow
+def test_replay_gives_the_flags_and_model_versions_of_the_daemon_running_live(tmp_path: Path) -> None:
+    """A real `vigil run` gets records over HTTP in four bursts: the first trains the first model, and each
+    of the others arrives after a training slot of the schedule has trained on what came before. Replaying
+    the same records gives every record the score, flag, threshold and model version the live daemon gave it,
+    and the same models, trained on the same windows."""
+    port = free_port()
+    config = write_config_file(tmp_path / "config.toml", daemon_heading(port), detector(
+        "web", {"load": "numeric", "latency": "numeric"}, key_field="host",
+        model={"epochs": 10, "device": "cpu"},
+        training={"interval": f"{LIVE_SLOT_S}s", "window": "1h", "min_records": 200},
+        scoring={"interval": "1s"}))
+    trigger = training_trigger(load_config(config).detectors["web"].training)
+
+    def after_next_slot() -> datetime:
+        """Sleep until a second after the schedule's next slot; that slot."""
+        slot = trigger.get_next_fire_time(None, datetime.now(UTC))
+        time.sleep(max(0.0, (slot - datetime.now(UTC)).total_seconds() + 1.0))
+        return slot
+
+    rng = np.random.default_rng(7)
+    sent: list[dict[str, Any]] = []
+    with Daemon(config, port, tmp_path / "state", fork=True) as live:
+        live.start()
+        repo = open_repository(f"sqlite:///{tmp_path / 'state' / 'vigil.db'}", migrate=False)
+        try:
+            def trained_since(slot: datetime) -> bool:
+                run = repo.last_training_run("web")
+                return run is not None and run.started_at >= slot and run.finished_at is not None
+
+            for phase, (n, incidents) in enumerate([(240, 2), (120, 3), (120, 3), (120, 3)]):
+                slot = after_next_slot()
+                if phase > 0:
+                    live.wait_for(partial(trained_since, slot), 30, f"the training run of the slot at {slot}")
+                records = _live_phase(rng, n, incidents)
+                if phase == 0:
+                    first_sent = datetime.now(UTC)
+                assert live.ingest(records)["accepted"] == n
+                sent += records
+                live.wait_for(live.settled, 30, "every record to be scored")
+                if datetime.now(UTC) >= trigger.get_next_fire_time(None, slot + timedelta(milliseconds=1)):
+                    pytest.fail("this machine was too slow for the test: a burst was scored after the next slot")
+            # (before the first records the daemon reports that it waits for them: skipped runs)
+            runs = [(r.trigger, r.result, r.model_version) for r in reversed(repo.list_training_runs("web"))
+                    if r.started_at >= first_sent]
+            stored = repo.scored_records("web")
+            models = [(m.version, m.window_start, m.window_end, m.n_records, m.threshold)
+                      for m in sorted(repo.list_models("web"), key=lambda m: m.version)]
+        finally:
+            repo.dispose()
+        live.terminate()
+
+    # the live daemon: the first model, then one model per slot, each burst scored by the newest model
+    assert runs == [("first", "success", 1), ("schedule", "success", 2), ("schedule", "success", 3),
+                    ("schedule", "success", 4)]
+    assert [v for _, _, _, v, _ in stored] == [1] * 240 + [2] * 120 + [3] * 120 + [4] * 120
+
+    scratch = tmp_path / "replay"
+    scratch.mkdir()
+    replayed = replay_records(load_config(config), "web", sent, store_dir=scratch)
+    out = replayed.records
+    assert [result for _, result, _ in replayed.training_runs] == ["success"] * 4
+    assert list(out["ts"]) == [r.ts.isoformat() for r, *_ in stored]
+    assert list(out["key"]) == [r.key for r, *_ in stored]
+    assert list(out["model_version"].astype(int)) == [v for _, _, _, v, _ in stored]
+    assert list(out["is_outlier"]) == [o for _, _, o, _, _ in stored]
+    assert 0 < int(out["is_outlier"].sum()) < 40
+    np.testing.assert_allclose(out["score"].to_numpy(float), [s for _, s, *_ in stored], rtol=1e-6)
+    np.testing.assert_allclose(out["threshold"].to_numpy(float), [t for *_, t in stored], rtol=1e-6)
+    again = open_repository(f"sqlite:///{scratch / 'replay.db'}")
+    try:
+        replay_models = [(m.version, m.window_start, m.window_end, m.n_records, m.threshold)
+                         for m in sorted(again.list_models("web"), key=lambda m: m.version)]
+    finally:
+        again.dispose()
+    assert [m[:4] for m in replay_models] == [m[:4] for m in models]
+    np.testing.assert_allclose([m[4] for m in replay_models], [m[4] for m in models], rtol=1e-6)
