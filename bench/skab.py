@@ -107,7 +107,8 @@ class Anchor:
 
 ANCHORS = (
     Anchor("Conv-AE", 0.78, 13.55, 28.02, "windows of 60 rows; UCL = 4/3 x the 0.999 quantile of the training "
-           "windows' own residuals; row i flagged when the 59 windows starting at rows i-59 .. i-1 all exceed it"),
+           "windows' own residuals; row i flagged when the 59 windows starting at rows i-59 .. i-1 all exceed it "
+           "(they reach 58 rows past row i: the flag waits for later rows)"),
     Anchor("MSET", 0.78, 39.73, 14.13, "relative residual, 60-row moving mean, fixed UCL 0.01"),
     Anchor("T-squared+Q (PCA)", 0.76, 26.62, 24.92, "T2 or Q above its UCL (from the training rows), each after "
            "a 5-row rolling median"),
@@ -476,7 +477,8 @@ def report(evaluations: Mapping[str, Evaluation], skab_runs: Sequence[Run], pick
         "training.min_records = 500 records before a first model; the protocol fixes 400 and fit_model accepts it.",
         "* Not done (unlike every leaderboard entry): no smoothing of the flags over neighbouring rows (Conv-AE "
         "flags a row only after 59 windows in a row exceed its limit, MSET smooths over 60 rows, T2+Q over 5). "
-        "Vigil's alerting.confirm_k / confirm_n acts on alerts, not on `is_outlier`, and is not applied here.",
+        "Vigil's k-of-n confirmation (alerting.confirm_k / confirm_n, off by default; the daemon applies it to "
+        "`is_outlier` as records are scored) is not applied here.",
         "",
         "Figures below: F1 / FAR % / MAR %.",
         "",
