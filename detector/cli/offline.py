@@ -4,20 +4,30 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from detector.cli.common import DetectorCommand, config_option, known_detector, load, prepare_torch, short, table
-from detector.config import DaemonConfig, DetectorConfig
+from detector.cli.common import (
+    DetectorCommand,
+    config_option,
+    known_detector,
+    load,
+    parse_time,
+    prepare_torch,
+    short,
+    table,
+)
+from detector.config import Config, DaemonConfig, DetectorConfig
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from detector.offline.tune import TuningResult
 
-__all__ = ["evaluate", "ranked_table", "report", "score", "tune"]
+__all__ = ["evaluate", "ranked_table", "replay", "report", "score", "tune"]
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -120,11 +130,17 @@ def evaluate(train_file: Path, test_file: Path, detector: str | None, config_pat
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
               help="Write every record with score, threshold, is_outlier and model_version here (Parquet if it "
                    "ends in .parquet, else CSV).")
-def replay(history: Path, detector: str, config_path: Path, label_column: str | None, output: Path | None) -> None:
+@click.option("--maintenance", "windows", multiple=True, metavar="START/END",
+              help="A maintenance window for the replay (ISO 8601 times, a time without zone is UTC): its records "
+                   "are scored but never flagged nor trained on. Repeat for several.")
+@click.option("--store-maintenance", is_flag=True,
+              help="Also apply the maintenance windows declared for DETECTOR in the daemon's store (read only).")
+def replay(history: Path, detector: str, config_path: Path, label_column: str | None, output: Path | None,
+           windows: tuple[str, ...], store_maintenance: bool) -> None:
     """Run the records of HISTORY (CSV, Parquet or NDJSON; one or many keys) through DETECTOR as the daemon
     would have, in the records' own time, into a scratch store: each record scored by the model active when it
     arrived, models trained on the training schedule's slots over the rolling window (flagged records left out,
-    the first window screened). The running daemon's store is not touched."""
+    the first window screened), maintenance windows honoured. The running daemon's store is not touched."""
     from detector.logs import setup_logging
     from detector.offline.evaluate import EvaluationInputError, write_scores
     from detector.offline.replay import replay_file
@@ -132,15 +148,54 @@ def replay(history: Path, detector: str, config_path: Path, label_column: str | 
     setup_logging("warning", "text", sys.stderr)
     config = load(config_path)
     known_detector(config.detectors, detector)
+    maintenance = [_maintenance_window(text) for text in windows]
+    if store_maintenance:
+        maintenance += _store_windows(config, detector)
     prepare_torch(config.daemon)
     try:
-        result = replay_file(config, detector, history, label_column)
+        result = replay_file(config, detector, history, label_column, maintenance=maintenance)
     except EvaluationInputError as exc:
         click.echo(f"vigil: {exc}", err=True)
         sys.exit(2)
     if output is not None:
         write_scores(result.records, output)
     click.echo(result.summary())
+
+
+def _maintenance_window(text: str) -> tuple[datetime, datetime, str | None]:
+    """START/END of --maintenance as two times with a zone, the end after the start."""
+    start, sep, end = text.partition("/")
+    if not sep:
+        raise click.BadParameter(f"{text!r} is not START/END (two ISO 8601 times joined by /)",
+                                 param_hint="--maintenance")
+    first, last = parse_time(start.strip(), "--maintenance"), parse_time(end.strip(), "--maintenance")
+    if last <= first:
+        raise click.BadParameter(f"{text!r}: the end must come after the start", param_hint="--maintenance")
+    return first, last, "replay (--maintenance)"
+
+
+def _store_windows(config: Config, detector: str) -> list[tuple[datetime, datetime, str | None]]:
+    """The maintenance windows declared for `detector` in the daemon's store, read without changing it."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from detector.errors import VigilError
+    from detector.store.db import open_repository
+
+    url = make_url(config.store_url)
+    shown = url.render_as_string(hide_password=True)
+    if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+        click.echo(f"vigil: --store-maintenance: there is no store at {shown} (has the daemon run?)", err=True)
+        sys.exit(2)
+    try:
+        repo = open_repository(config.store_url, migrate=False)
+        try:
+            return [(w.start, w.end, w.reason) for w in repo.reviews.windows(detector)]
+        finally:
+            repo.dispose()
+    except (VigilError, SQLAlchemyError) as exc:
+        click.echo(f"vigil: --store-maintenance: the store at {shown} cannot be read: {exc}", err=True)
+        sys.exit(2)
 
 
 @click.command("report", cls=DetectorCommand)

@@ -6,7 +6,9 @@ minus flagged records, the first window screened), alert hygiene and model versi
 uses. Time is the records' own: a training slot falls between the last record before it and the first
 at or after it, so every record is scored by the model that was active when it arrived, and no model ever
 trained on a record before that record was scored (except the first model, which scores the window it
-trained on, as the daemon scores its first backfill).
+trained on, as the daemon scores its first backfill). Maintenance windows given to the replay (or copied
+from the daemon's store by the command) are declared in the scratch store first: their records are scored,
+never flagged and never trained on, as in the daemon.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import bisect
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,18 +28,20 @@ import pandas as pd
 from prometheus_client import CollectorRegistry
 
 from detector.config import Config
-from detector.errors import NoRecordsError, UnknownDetectorError
+from detector.errors import InvalidWindowError, NoRecordsError, UnknownDetectorError
 from detector.offline.evaluate import labels_of
 from detector.records import RecordValidator, Rejection
 from detector.scheduler import training_trigger
 from detector.sources.files import read_records
 from training.quality import RatesAtThreshold, average_precision, rates_at, roc_auc
 
-__all__ = ["Replay", "replay_file", "replay_records"]
+__all__ = ["Maintenance", "Replay", "replay_file", "replay_records"]
 
 logger = logging.getLogger(__name__)
 
 SOURCE = "replay"
+
+Maintenance = tuple[datetime, datetime, str | None]     # start (inclusive), end (exclusive), reason
 
 
 @dataclass
@@ -51,6 +55,7 @@ class Replay:
     label_column: str | None = None
     quality: tuple[float, float, RatesAtThreshold] | None = None       # ROC-AUC, AP, rates at the flags
     notes: list[str] = field(default_factory=list)
+    maintenance: list[Maintenance] = field(default_factory=list)
 
     def summary(self) -> str:
         frame = self.records
@@ -63,6 +68,13 @@ class Replay:
             f"{successes} models trained, {len(self.training_runs)} training runs; {scored} records scored by "
             f"{len(versions)} model versions, {flagged} outliers ({flagged / max(1, len(frame)):.2%})",
         ]
+        if self.maintenance:
+            ts = pd.to_datetime(frame["ts"], utc=True, format="ISO8601")
+            inside = np.zeros(len(frame), dtype=bool)
+            for start, end, _ in self.maintenance:
+                inside |= ((ts >= start) & (ts < end)).to_numpy()
+            lines.append(f"{len(self.maintenance)} maintenance windows: {int(inside.sum())} records inside them, "
+                         "scored but never flagged nor trained on")
         if self.quality is not None:
             auc, ap, r = self.quality
             lines += [
@@ -79,11 +91,13 @@ class Replay:
 
 def replay_file(config: Config, detector: str, path: Path, label_column: str | None = None,
                 store_dir: Path | None = None,
-                on_training: Callable[[datetime, str, str], None] | None = None) -> Replay:
+                on_training: Callable[[datetime, str, str], None] | None = None,
+                maintenance: Sequence[Maintenance] = ()) -> Replay:
     """Replay the records of `path` (CSV, Parquet or NDJSON) through `detector` of `config` (see the module).
 
     `label_column` (0/1, 1 = anomaly) is kept out of the records and scores the flags. The scratch store is a
-    SQLite file in `store_dir` (a temporary folder, removed afterwards, when None).
+    SQLite file in `store_dir` (a temporary folder, removed afterwards, when None). `maintenance`: windows
+    declared for the detector before the first record (times with a zone; end after start).
     """
     if detector not in config.detectors:
         raise UnknownDetectorError(detector, list(config.detectors))
@@ -93,18 +107,25 @@ def replay_file(config: Config, detector: str, path: Path, label_column: str | N
         table = pd.DataFrame({label_column: [r.get(label_column) if isinstance(r, dict) else None for r in raws]})
         labels = labels_of(table, label_column, path)
         raws = [{k: v for k, v in r.items() if k != label_column} if isinstance(r, dict) else r for r in raws]
-    return replay_records(config, detector, raws, labels, label_column, store_dir, on_training, origin=path.name)
+    return replay_records(config, detector, raws, labels, label_column, store_dir, on_training, origin=path.name,
+                          maintenance=maintenance)
 
 
 def replay_records(config: Config, detector: str, raws: list[Any], labels: np.ndarray | None = None,
                    label_column: str | None = None, store_dir: Path | None = None,
                    on_training: Callable[[datetime, str, str], None] | None = None,
-                   origin: str | None = None) -> Replay:
-    """Replay raw records (dicts as a source gives them) through `detector`; `labels` [len(raws)] or None."""
+                   origin: str | None = None, maintenance: Sequence[Maintenance] = ()) -> Replay:
+    """Replay raw records (dicts as a source gives them) through `detector`; `labels` [len(raws)] or None;
+    `maintenance` as for `replay_file`."""
+    for start, end, _ in maintenance:
+        if start.tzinfo is None or end.tzinfo is None or end <= start:
+            raise InvalidWindowError(f"maintenance window {start.isoformat()} .. {end.isoformat()}: "
+                                     "start and end need a time zone, and the end must come after the start")
     if store_dir is not None:
-        return _replay(config, detector, raws, labels, label_column, store_dir, on_training, origin)
+        return _replay(config, detector, raws, labels, label_column, store_dir, on_training, origin, maintenance)
     with tempfile.TemporaryDirectory(prefix="vigil-replay-") as scratch:
-        return _replay(config, detector, raws, labels, label_column, Path(scratch), on_training, origin)
+        return _replay(config, detector, raws, labels, label_column, Path(scratch), on_training, origin,
+                       maintenance)
 
 
 def _scratch_config(config: Config, detector: str, store_dir: Path) -> Config:
@@ -118,7 +139,7 @@ def _scratch_config(config: Config, detector: str, store_dir: Path) -> Config:
 
 def _replay(config: Config, detector: str, raws: list[Any], labels: np.ndarray | None, label_column: str | None,
             store_dir: Path, on_training: Callable[[datetime, str, str], None] | None,
-            origin: str | None) -> Replay:
+            origin: str | None, maintenance: Sequence[Maintenance]) -> Replay:
     from detector.daemon import build_runtime  # the daemon imports the offline tools' modules
 
     started = time.perf_counter()
@@ -138,6 +159,8 @@ def _replay(config: Config, detector: str, raws: list[Any], labels: np.ndarray |
                             with_process_metrics=False)
     runs: list[tuple[datetime, str, str]] = []
     try:
+        for window in maintenance:
+            runtime.vigil.repo.reviews.add_window(detector, *window)
         sink = runtime.vigil.sink(detector, SOURCE)
         trigger = training_trigger(det.training)
         tick = timedelta(seconds=det.scoring.interval)
@@ -188,7 +211,8 @@ def _replay(config: Config, detector: str, raws: list[Any], labels: np.ndarray |
         "is_outlier": [o for _, _, o, _, _ in stored],
         "model_version": pd.array([v for _, _, _, v, _ in stored], dtype="Int64"),
     })
-    result = Replay(frame, list(batch.rejected), runs, time.perf_counter() - started, label_column)
+    result = Replay(frame, list(batch.rejected), runs, time.perf_counter() - started, label_column,
+                    maintenance=list(maintenance))
     if len(frame) != len(ordered):
         result.notes.append(f"{len(ordered) - len(frame)} records were not stored")
     if labels is not None and len(frame) == len(ordered):

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from detector.config import load_config
+from detector.errors import InvalidWindowError
 from detector.offline.replay import replay_file, replay_records
 from detector.scheduler import training_trigger
 from detector.store.db import open_repository
@@ -126,6 +127,30 @@ def test_a_level_that_shifts_and_stays_is_flagged_then_learned(tmp_path: Path) -
     assert frozen.records["is_outlier"][last_day].mean() > 0.9
 
 
+@pytest.mark.slow
+def test_records_in_a_maintenance_window_are_scored_but_never_flagged(tmp_path: Path) -> None:
+    """The incident at 30 h, flagged in a plain replay, is inside a declared maintenance window: scored
+    (still above the threshold) but not an outlier; the summary counts the records the window held."""
+    frame = history(1.5)
+    config = load_config(config_path(tmp_path, min_records=200, interval="12h"))
+    raws = frame.drop(columns="label").to_dict("records")
+    labels = frame["label"].to_numpy()
+    plain = replay_records(config, "web", raws, labels, "label").records
+    incident = (plain["label"] == 1).to_numpy()
+    assert incident.sum() == 20 and plain["is_outlier"][incident].mean() > 0.9
+
+    window = (START + timedelta(hours=30), START + timedelta(hours=30, minutes=10), "db upgrade")
+    quiet = replay_records(config, "web", raws, labels, "label", maintenance=[window])
+    out = quiet.records
+    assert not out["is_outlier"][incident].any()
+    assert out["score"][incident].notna().all()
+    assert (out["score"][incident] > out["threshold"][incident]).mean() > 0.9
+    pd.testing.assert_series_equal(out["is_outlier"][~incident], plain["is_outlier"][~incident])
+    assert "1 maintenance windows: 20 records inside them" in quiet.summary()
+    with pytest.raises(InvalidWindowError, match="time zone"):
+        replay_records(config, "web", raws, maintenance=[(datetime(2025, 1, 7), datetime(2025, 1, 8), None)])
+
+
 def test_the_command_writes_every_record_and_names_a_bad_label(tmp_path: Path) -> None:
     frame = history(0.5)
     frame.to_csv(tmp_path / "history.csv", index=False)
@@ -145,6 +170,27 @@ def test_the_command_writes_every_record_and_names_a_bad_label(tmp_path: Path) -
                      "--label-column", "label")
     assert done.returncode == 2
     assert "label" in done.stderr and "6" in done.stderr
+
+    # maintenance windows: given on the command line, or copied from the daemon's store (read only)
+    done = run_vigil(tmp_path, "replay", "history.csv", "--detector", "web", "--config", "config.toml",
+                     "--maintenance", "2025-01-06T01:00Z/2025-01-06T00:00Z")
+    assert done.returncode == 2 and "--maintenance" in done.stderr and "end must come after" in done.stderr
+    done = run_vigil(tmp_path, "replay", "history.csv", "--detector", "web", "--config", "config.toml",
+                     "--store-maintenance")
+    assert done.returncode == 2 and "no store" in done.stderr
+    assert not (tmp_path / "state").exists()
+    done = run_vigil(tmp_path, "maintenance", "add", "web", "--start", "2025-01-06T01:00Z", "--end",
+                     "2025-01-06T01:30Z", "--config", "config.toml")
+    assert done.returncode == 0, done.stderr
+    done = run_vigil(tmp_path, "replay", "history.csv", "--detector", "web", "--config", "config.toml",
+                     "--store-maintenance", "--maintenance", "2025-01-06T02:00Z/2025-01-06T02:10Z", "-o", "m.csv")
+    assert done.returncode == 0, done.stderr
+    assert "2 maintenance windows: 80 records inside them" in done.stdout
+    out = pd.read_csv(tmp_path / "m.csv")
+    ts = pd.to_datetime(out["ts"], utc=True)
+    inside = ((ts >= START + timedelta(hours=1)) & (ts < START + timedelta(hours=1.5))) | (
+        (ts >= START + timedelta(hours=2)) & (ts < START + timedelta(hours=2, minutes=10)))
+    assert inside.sum() == 80 and not out["is_outlier"][inside].any() and out["score"][inside].notna().all()
 
 
 LIVE_SLOT_S = 10          # the live daemon's training interval: short, so that a test sees three slots
