@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from detector.config import DetectorConfig
@@ -23,7 +24,7 @@ from detector.store.repository import Repository
 from detector.store.types import ModelVersion, PendingRecord
 from training.diversity import CHECKS, DiversityLimits, DiversityReport, check_window
 from training.errors import TrainingError
-from training.fit import fit_model
+from training.fit import fit_model, recalibrate
 from training.fitted import FittedModel
 from training.loop import EpochStats, TrainSettings
 from training.model import AutoencoderSpec, count_parameters
@@ -231,6 +232,37 @@ class Trainer:
             logger.warning("confirmed outliers not used", extra={"detector": name, "error": str(exc)})
             return None
 
+    def _calibrate_with_flagged(self, name: str, det: DetectorConfig, fitted: FittedModel, n_records: int,
+                                since: datetime, threshold: ThresholdSettings) -> None:
+        """Let the normal tail among the window's unreviewed flagged records rejoin the threshold's calibration.
+
+        A later window leaves out what earlier models flagged: incidents, but also the top of the normal
+        tail that crossed the last threshold. Calibrated on the rest, each retraining set its threshold
+        below the window's true 1 - target_fpr quantile, and the flagged share crept past target_fpr from
+        one model to the next. The new model scores those records (it never trained on them), and those
+        within its clear-outlier cut, plus the lowest of the others up to half of target_fpr, rejoin the
+        calibration, as the first window's trimmed rows do (`training.fit.recalibrate`); the records stay
+        out of training. Point-wise models (a sequence model would need each record's predecessors)."""
+        if det.model.window > 1 or fitted.val_scores is None or "unreviewed" in det.review.states_into_training:
+            return
+        repo = self._vigil.repo
+        flagged = repo.flagged_unreviewed(name, since, det.training.max_records)
+        if not flagged:
+            return
+        trainable = repo.count_window(name, since, det.review.states_into_training)
+        if trainable > n_records:          # the window was sampled: its flagged records at the same rate
+            keep = round(len(flagged) * n_records / trainable)
+            flagged = [flagged[int(i)] for i in np.linspace(0, len(flagged) - 1, keep).round()] if keep else []
+        if not flagged:
+            return
+        context = det.model.time_features or det.model.per_key != "off"
+        try:
+            frame = records_frame(flagged, det.feature_schema, context=context)
+        except (KeyError, ValueError) as exc:      # records of an older schema
+            logger.warning("flagged records not used for calibration", extra={"detector": name, "error": str(exc)})
+            return
+        recalibrate(fitted, frame, threshold, n_records + len(flagged))
+
     def _tune_with_reviews(self, name: str, det: DetectorConfig, fitted: FittedModel,
                            reviewed: list[tuple[str, dict[str, Any], str | None]]) -> None:
         """With enough verdicts, move the threshold to the best F1 on reviewed outliers within the FP budget."""
@@ -355,6 +387,8 @@ class Trainer:
                          exc_info=not isinstance(exc, TrainingError | TrainingAborted))
             return TrainingOutcome("failed", message)
 
+        if not first and not readmitted:
+            self._calibrate_with_flagged(name, det, fitted, len(records), since, threshold_settings)
         self._tune_with_reviews(name, det, fitted, reviewed)
         weights, meta = fitted.to_artifact()
         meta["window"] = {"start": records[0].ts.isoformat(), "end": records[-1].ts.isoformat(),

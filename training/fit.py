@@ -30,7 +30,7 @@ from training.sequence import KEY_COLUMN, TS_COLUMN
 from training.settings import WIDE, WIDE_ROWS, ModelSettings, Scoring, ThresholdSettings, min_rows_for, wide
 from training.thresholds import Threshold, fit_threshold
 
-__all__ = ["KEY_COLUMN", "MAX_INCIDENTS", "TRIM_SPREADS", "TS_COLUMN", "fit_model"]
+__all__ = ["KEY_COLUMN", "MAX_INCIDENTS", "TRIM_SPREADS", "TS_COLUMN", "fit_model", "recalibrate"]
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def fit_model(
         fitted.report["trimmed_rows"] = int(len(frame) - int(keep.sum()))
         fitted.report["n_rows_before_trim"] = len(frame)
         if not keep.all():
-            _recalibrate(fitted, frame[~keep].reset_index(drop=True), threshold, len(frame))
+            recalibrate(fitted, frame[~keep].reset_index(drop=True), threshold, len(frame))
         return fitted
     if len(frame) < min_rows_for(0):
         raise InsufficientDataError(len(frame), min_rows_for(0))
@@ -265,8 +265,10 @@ def _far_cut(held_out: npt.NDArray[np.float64]) -> float:
     return float(q95 + TRIM_SPREADS * (q95 - q50))
 
 
-def _recalibrate(fitted: FittedModel, trimmed: pd.DataFrame, threshold: ThresholdSettings, n_window: int) -> None:
-    """Fit `fitted`'s threshold again with the trimmed rows that belong to the normal tail.
+def recalibrate(fitted: FittedModel, trimmed: pd.DataFrame, threshold: ThresholdSettings, n_window: int) -> None:
+    """Fit `fitted`'s threshold again with the rows left out of its window (`trimmed`, of the `n_window` rows
+    the window held with them) that belong to the normal tail: the first-window trim's, or a later window's
+    records that earlier models flagged (the daemon's trainer). A point-wise model's.
 
     The screen's cut removes incidents, and with them the top of a heavy or lumpy normal tail (a rare
     category's rows, a daily peak). Calibrating on the kept rows alone then sets the threshold below

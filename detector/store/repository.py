@@ -309,6 +309,19 @@ class Repository(ModelStore):
             flags.setdefault(key, []).append(over)
         return flags
 
+    def flagged_unreviewed(self, detector: str, since: datetime, limit: int) -> list[PendingRecord]:
+        """Records since `since` that a model flagged and nobody has reviewed yet, outside maintenance windows,
+        oldest first: the newest `limit`. The training window leaves them out; they may still be the top of
+        the normal tail."""
+        where = (RecordRow.detector == detector, RecordRow.ts >= since, RecordRow.is_outlier.is_(True),
+                 _reviewed_into_training(("unreviewed",)), ~_in_maintenance())
+        with self._read("read flagged records") as session:
+            rows = session.execute(
+                select(RecordRow.id, RecordRow.ts, RecordRow.key, RecordRow.fields)
+                .where(*where).order_by(RecordRow.ts.desc(), RecordRow.id.desc()).limit(limit)
+            ).all()
+        return [PendingRecord(r.id, r.ts, r.key, r.fields) for r in reversed(rows)]
+
     def count_flagged(self, detector: str, since: datetime, reviewed_in: Sequence[str] = ("dismissed",)) -> int:
         """Records since `since` left out of training because a model flagged them (and no review let them in)."""
         with self._read("count flagged records") as session:
