@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "65.1 / 80.4; Numenta HTM 70.5 / 62.6 / 75.2; CAD OSE 69.9 / 67.0 / 73.2; earthgecko Skyline 58.2 / 46.2 / "
         "63.9; KNN CAD 58.0 / 43.4 / 64.8; Random Cut Forest 51.7 / 38.4 / 59.7.\n\n" + "\n".join(sections),
         encoding="utf-8")
-    print(f"wrote {out.relative_to(REPO)}")
+    print(f"wrote {out}")
     return 0
 
 
