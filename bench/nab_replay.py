@@ -1,8 +1,9 @@
 """NAB through the daemon's own loop: every series replayed with `vigil replay`'s machinery, scored by NAB's rules.
 
 Run from the repository root: `.venv/bin/python bench/nab_replay.py` (all 58 series, the configurations
-below, two processes; writes bench/results/nab_replay.md). `--configs`, `--series N` (the first N files)
-and `--jobs` select less; a partial run prints its tables and writes only with `--output`.
+below, two processes; writes bench/results/nab_replay.md). `--configs`, `--series N` (the first N files),
+`--half development|confirmation` and `--jobs` select less; a partial run prints its tables and writes only
+with `--output`.
 
 Each series is one detector (one numeric feature, `value`) replayed as the daemon would have run it: its
 first model trains when the window holds the series' probationary rows (NAB's first 15 %, which NAB does not
@@ -63,7 +64,12 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
     "window16": {"model": {"window": 16, "arch": "conv"}},
     "time": {"model": {"time_features": True}},
+    # for a lone metric, where NAB's profiles weigh a false alarm against a ninth to a half of a detection
+    "strict": {"threshold": {"target_fpr": 0.001}},
+    "adapt": {"training": {"readmit_flagged_share": 0.05}},
+    "strict-adapt": {"threshold": {"target_fpr": 0.001}, "training": {"readmit_flagged_share": 0.05}},
 }
+HALVES = ("development", "confirmation")
 
 
 def _toml(value: Any) -> str:
@@ -156,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated names of CONFIGS")
     parser.add_argument("--series", type=int, default=0, help="only the first N files (0: all)")
+    parser.add_argument("--half", choices=HALVES, help="only the odd (development) or even (confirmation) files "
+                                                      "in name order: choose configurations on one, confirm on the "
+                                                      "other")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--output", type=Path, help="write the Markdown here (default for a full run: "
                                                     "bench/results/nab_replay.md)")
@@ -166,6 +175,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = list(corpus)
     halves = {"development (odd files)": {n: corpus[n] for n in names[0::2]},
               "confirmation (even files)": {n: corpus[n] for n in names[1::2]}, "all": corpus}
+    if args.half is not None:
+        label = next(h for h in halves if h.startswith(args.half))
+        corpus = halves[label]
+        halves = {label: corpus}
     started = time.time()
     results: dict[str, tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]] = {}
     for config in args.configs.split(","):
@@ -178,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append((f"vigil {config}", figures(part, {n: flags[n] for n in part}, {n: scores[n] for n in part})))
         sections.append(f"### {half}: {len(part)} series\n\n{table(rows)}\n")
         print(sections[-1], flush=True)
-    if args.output is None and (args.series or args.configs != ",".join(CONFIGS)):
+    if args.output is None and (args.series or args.half or args.configs != ",".join(CONFIGS)):
         return 0
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                             check=False).stdout.strip()
