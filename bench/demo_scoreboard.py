@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 
+from bench._quality_report import _cpu_model
 from detector.config import load_config
 from detector.config.sources import DemoSourceConfig
 from detector.sources.demo_data import INCIDENT_KINDS, DemoSettings, generate
@@ -136,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(
         "# Demo incidents as a scoreboard\n\n"
         f"Command: `.venv/bin/python bench/demo_scoreboard.py`; commit {commit}; {platform.machine()}, "
-        f"{os.cpu_count()} CPUs, {platform.python_version()}; first model fitted in {seconds:.0f} s.\n\n"
+        f"{_cpu_model()}, {os.cpu_count()} CPUs, {platform.python_version()}; first model fitted in "
+        f"{seconds:.0f} s.\n\n"
         "The shipped config.toml's demo detector fits its first model on one simulated week of 4 hosts (its "
         "first-window trim included), then scores that week (what `make run` shows first) and the next.\n\n"
         + table + "\n", encoding="utf-8")
