@@ -28,9 +28,10 @@ import pandas as pd
 from prometheus_client import CollectorRegistry
 
 from detector.config import Config
-from detector.errors import InvalidWindowError, NoRecordsError, UnknownDetectorError
+from detector.errors import NoRecordsError, UnknownDetectorError
 from detector.offline.evaluate import labels_of
 from detector.records import RecordValidator, Rejection
+from detector.review import ReviewService
 from detector.scheduler import training_trigger
 from detector.sources.files import read_records
 from training.quality import RatesAtThreshold, average_precision, rates_at, roc_auc
@@ -117,10 +118,6 @@ def replay_records(config: Config, detector: str, raws: list[Any], labels: np.nd
                    origin: str | None = None, maintenance: Sequence[Maintenance] = ()) -> Replay:
     """Replay raw records (dicts as a source gives them) through `detector`; `labels` [len(raws)] or None;
     `maintenance` as for `replay_file`."""
-    for start, end, _ in maintenance:
-        if start.tzinfo is None or end.tzinfo is None or end <= start:
-            raise InvalidWindowError(f"maintenance window {start.isoformat()} .. {end.isoformat()}: "
-                                     "start and end need a time zone, and the end must come after the start")
     if store_dir is not None:
         return _replay(config, detector, raws, labels, label_column, store_dir, on_training, origin, maintenance)
     with tempfile.TemporaryDirectory(prefix="vigil-replay-") as scratch:
@@ -159,8 +156,9 @@ def _replay(config: Config, detector: str, raws: list[Any], labels: np.ndarray |
                             with_process_metrics=False)
     runs: list[tuple[datetime, str, str]] = []
     try:
-        for window in maintenance:
-            runtime.vigil.repo.reviews.add_window(detector, *window)
+        windows = ReviewService(lambda: runtime.config, runtime.vigil.repo.reviews)
+        for window in maintenance:      # checked as the CLI and the API check them (InvalidWindowError)
+            windows.add_window(detector, *window)
         sink = runtime.vigil.sink(detector, SOURCE)
         trigger = training_trigger(det.training)
         tick = timedelta(seconds=det.scoring.interval)
