@@ -49,6 +49,7 @@ import torch
 
 from bench._quality_methods import vigil_detector
 from detector.config import DaemonConfig
+from detector.frames import needs_context
 from detector.trainer import settings_for
 from training.fit import KEY_COLUMN, TS_COLUMN, fit_model
 
@@ -324,7 +325,7 @@ def fit_and_score(overrides: Mapping[str, Mapping[str, Any]], run: Run, seed: in
     det = vigil_detector(overrides, list(SENSORS), seed)
     model, train, threshold = settings_for(det)
     fit_part, score_part, truth = split(run, head)
-    context = det.model.window > 1 or det.model.time_features or det.model.per_key != "off"   # as the trainer
+    context = needs_context(det)          # as the trainer
     fit_frame = _with_context(fit_part, run) if context else fit_part[list(SENSORS)]
     score_frame = _with_context(score_part, run) if context else score_part[list(SENSORS)]
     started = time.perf_counter()

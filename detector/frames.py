@@ -11,14 +11,21 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from detector.config import DetectorConfig
 from detector.records import ValidRecord
 from detector.store.types import PendingRecord
 from training.schema import Schema
 from training.sequence import KEY_COLUMN, TS_COLUMN
 
-__all__ = ["records_frame", "to_json_value"]
+__all__ = ["needs_context", "records_frame", "to_json_value"]
 
 _PLAIN_NUMBERS = frozenset({float, int, type(None)})
+
+
+def needs_context(det: DetectorConfig) -> bool:
+    """Whether a detector's model reads each record's time and key (`records_frame`'s `context`): sequence
+    models, time features and per-key normal."""
+    return det.model.window > 1 or det.model.time_features or det.model.per_key != "off"
 
 
 def records_frame(records: Sequence[PendingRecord | ValidRecord], schema: Schema, context: bool = False,

@@ -15,7 +15,7 @@ import pandas as pd
 
 from detector.config import DetectorConfig
 from detector.errors import StorageError
-from detector.frames import records_frame
+from detector.frames import needs_context, records_frame
 from detector.metrics import TRAINING_BLOCKED_REASONS
 from detector.scheduler import slot_served
 from detector.service import Vigil, window_anchor
@@ -255,9 +255,8 @@ class Trainer:
             flagged = [flagged[int(i)] for i in np.linspace(0, len(flagged) - 1, keep).round()] if keep else []
         if not flagged:
             return
-        context = det.model.time_features or det.model.per_key != "off"
         try:
-            frame = records_frame(flagged, det.feature_schema, context=context)
+            frame = records_frame(flagged, det.feature_schema, context=needs_context(det))
         except (KeyError, ValueError) as exc:      # records of an older schema
             logger.warning("flagged records not used for calibration", extra={"detector": name, "error": str(exc)})
             return
@@ -373,7 +372,7 @@ class Trainer:
         trim = det.training.first_window_trim if first else 0.0
         reviewed = vigil.repo.reviews.reviewed_fields(name)     # read once: the memory and the threshold use it
         try:
-            if det.model.window > 1 or det.model.time_features or det.model.per_key != "off":
+            if needs_context(det):
                 frame = records_frame(records, det.feature_schema, context=True)    # times and keys are read
             fitted = fit_model(frame, det.feature_schema, model_settings, train_settings, threshold_settings,
                                on_epoch=hook, trim_fraction=trim, confirmed=self._confirmed(name, det, reviewed))

@@ -22,7 +22,7 @@ import pandas as pd
 
 from detector.config import Config, DetectorConfig, ModelConfig
 from detector.errors import NoRecordsError, TooFewRecordsError, UnknownDetectorError
-from detector.frames import records_frame
+from detector.frames import needs_context, records_frame
 from detector.store.db import open_repository
 from detector.store.repository import Repository
 from detector.store.types import PendingRecord
@@ -178,12 +178,7 @@ def _window(repo: Repository, name: str, det: DetectorConfig, max_rows: int) -> 
     since = latest - timedelta(seconds=det.training.window)
     records = repo.training_window(name, since, min(det.training.max_records, max_rows),
                                    det.review.states_into_training)
-    return records_frame(records, det.feature_schema, context=_needs_context(det))
-
-
-def _needs_context(det: DetectorConfig) -> bool:
-    """Sequence models, time features and per-key normal read each record's time and key, as in the trainer."""
-    return det.model.window > 1 or det.model.time_features or det.model.per_key != "off"
+    return records_frame(records, det.feature_schema, context=needs_context(det))
 
 
 def _candidate_config(det: DetectorConfig, candidate: Candidate, epochs: int) -> DetectorConfig:
