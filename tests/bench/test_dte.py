@@ -133,3 +133,25 @@ def test_model_settings_are_parsed_as_json_and_never_overwrite_the_defaults_resu
         parse_args(["--protocol", "dte-unsup", "--model", "wide_share=0.2"])
     with pytest.raises(SystemExit):
         parse_args(["--protocol", "dte-unsup", "--sets", "wine", "--model", "wide_share"])
+
+
+def test_the_prepared_table_takes_resampled_sets_from_their_seed_mean_and_the_others_whole(tmp_path: Path) -> None:
+    from bench.dte_combined import combined, report
+
+    def rows(names: list[str], seeds: list[int], auc: dict[tuple[str, int], float]) -> pd.DataFrame:
+        base = {"n": 100, "d": 3, "vigil_ap": 0.5, "knn_auc": 0.6, "knn_ap": 0.4, "iforest_auc": 0.7,
+                "iforest_ap": 0.3, "paper_mcd": 0.8, "paper_iforest": 0.75, "paper_knn": 0.65}
+        return pd.DataFrame([{"dataset": name, "seed": seed, **base, "vigil_auc": auc[(name, seed)]}
+                             for name in names for seed in seeds])
+
+    whole = rows(["a", "b", "c"], [0], {("a", 0): 0.9, ("b", 0): 0.1, ("c", 0): 0.7})
+    whole = pd.concat([whole, whole.assign(vigil_auc=[0.91, 0.1, 0.7])])     # a set run again: the last row counts
+    whole.to_csv(tmp_path / "quality_dte_unsup.csv", index=False)
+    rows(["b"], [0, 1, 2], {("b", 0): 0.2, ("b", 1): 0.4, ("b", 2): 0.9}).to_csv(
+        tmp_path / "quality_dte_unsup_adbench.csv", index=False)
+    table = combined("dte-unsup", tmp_path)
+    assert table["vigil_auc"].round(4).to_dict() == {"a": 0.91, "b": 0.5, "c": 0.7}
+    assert table.loc["b", "source"] == "resampled, 3 seeds" and table.loc["a", "source"] == "whole, seed 0"
+    text = report("dte-unsup", table)
+    assert "| Vigil (defaults, as `vigil evaluate`) | **0.7033** |" in text
+    assert "above the paper's MCD on 1 of 3 sets; below it on 2: b, c." in text
