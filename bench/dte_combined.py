@@ -22,22 +22,32 @@ from pathlib import Path
 
 import pandas as pd
 
+if __package__ in (None, ""):                 # run as a script: make `bench` importable from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.dte import OUTPUTS, PAPER_COLUMNS, PAPER_FIELDS, PROTOCOLS, TITLES
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-# protocol -> (whole-set CSV, resampled CSV, report, title, the paper's columns Vigil is compared with)
-SOURCES = {
-    "dte": ("quality_dte.csv", "quality_dte_adbench.csv", "quality_dte_combined.md", "semi-supervised",
-            {"paper_dte_np": "DTE-NP", "paper_knn": "KNN", "paper_iforest": "IForest"}),
-    "dte-unsup": ("quality_dte_unsup.csv", "quality_dte_unsup_adbench.csv", "quality_dte_unsup_combined.md",
-                  "unsupervised", {"paper_mcd": "MCD", "paper_iforest": "IForest", "paper_knn": "KNN"}),
-}
 MEASURED = ["vigil_auc", "vigil_ap", "knn_auc", "knn_ap", "iforest_auc", "iforest_ap"]
+
+
+def files(protocol: str) -> tuple[str, str, str]:
+    """(whole-set CSV, resampled CSV, report) of `protocol`, named after bench/dte.py's report."""
+    stem = Path(OUTPUTS[protocol]).stem
+    return f"{stem}.csv", f"{stem}_adbench.csv", f"{stem}_combined.md"
+
+
+def paper_columns(protocol: str) -> dict[str, str]:
+    """The CSV column of each of the paper's methods Vigil is shown against, and the method's name."""
+    return {PAPER_FIELDS[method]: method for method in PAPER_COLUMNS[protocol]}
 
 
 def combined(protocol: str, results: Path = RESULTS) -> pd.DataFrame:
     """One row per set: the resampled run's five-seed mean for the sets DTE's generator resamples, the
     whole-set run for the others; `source` says which."""
-    whole_csv, resampled_csv, _, _, paper = SOURCES[protocol]
+    whole_csv, resampled_csv, _ = files(protocol)
+    paper = paper_columns(protocol)
     columns = ["n", "d", *MEASURED, *paper]
     whole = pd.read_csv(results / whole_csv).drop_duplicates("dataset", keep="last")
     resampled = pd.read_csv(results / resampled_csv)
@@ -49,14 +59,15 @@ def combined(protocol: str, results: Path = RESULTS) -> pd.DataFrame:
 
 
 def report(protocol: str, table: pd.DataFrame) -> str:
-    _, _, _, title, paper = SOURCES[protocol]
+    whole_csv, resampled_csv, _ = files(protocol)
+    paper = paper_columns(protocol)
     means = table[[*MEASURED, *paper]].mean()
     refs = list(paper)
     lines = [
-        f"# DTE {title} protocol, each set prepared as DTE's code prepares it",
+        f"# DTE {TITLES[protocol]} protocol, each set prepared as DTE's code prepares it",
         "",
         f"Command: `.venv/bin/python bench/dte_combined.py --protocol {protocol}` (from "
-        f"`{SOURCES[protocol][0]}` and `{SOURCES[protocol][1]}`; see the module's docstring).",
+        f"`{whole_csv}` and `{resampled_csv}`; see the module's docstring).",
         "",
         f"| method | mean AUC-ROC, {len(table)} sets | mean AP, {len(table)} sets |",
         "|---|---:|---:|",
@@ -86,14 +97,14 @@ def report(protocol: str, table: pd.DataFrame) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--protocol", choices=list(SOURCES), default="dte")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="dte")
     args = parser.parse_args(argv)
     table = combined(args.protocol)
     if len(table) != 43:
         print(f"expected 43 sets, got {len(table)}", file=sys.stderr)
         return 1
     text = report(args.protocol, table)
-    (RESULTS / SOURCES[args.protocol][2]).write_text(text, encoding="utf-8")
+    (RESULTS / files(args.protocol)[2]).write_text(text, encoding="utf-8")
     print(text)
     return 0
 
