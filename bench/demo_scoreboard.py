@@ -73,7 +73,7 @@ def scoreboard(config: Path = REPO / "config.toml", days: int = 7) -> tuple[list
     if not isinstance(source, DemoSourceConfig):
         raise ValueError(f"{config}: detector 'demo' has no demo source")
     settings = DemoSettings(hosts=source.hosts, seed=source.seed, incident_rate=source.incident_rate)
-    model, train, threshold = settings_for(det)
+    model, train, threshold = settings_for(det, first=True)     # the first model: an unscreened window
     first = demo_frame(settings, START - timedelta(days=days), START)
     after = demo_frame(settings, START, START + timedelta(days=days))
     started = time.perf_counter()

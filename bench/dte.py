@@ -7,8 +7,9 @@ quality_dte_unsup.md/.csv). `--sets a,b` runs some sets only (and writes only wi
 `--seeds` other seeds (default 0), `--methods` fewer methods, `--resume` keeps the sets the CSV already holds.
 
 Per set: Vigil fitted as `vigil evaluate` with default settings fits (a default DetectorConfig,
-detector.trainer.settings_for, the first-window trim, at most training.max_records training rows evenly
-spaced over all of them; raw features), pyod-style kNN (distance to the 5th nearest training row) and
+detector.trainer.settings_for, at most training.max_records training rows evenly spaced over all of them; raw
+features; TRAIN labelled under dte, so a screened window, and unlabelled under dte-unsup, so a first window with
+the first-window trim and wide scale), pyod-style kNN (distance to the 5th nearest training row) and
 IsolationForest on standard-scaled features, and the paper's figures beside them. A row per set is
 appended to the CSV as soon as the set is done, and the Markdown report is rewritten after each set.
 """
@@ -72,6 +73,7 @@ LABELS = {"vigil": "Vigil (defaults, as `vigil evaluate`)", "knn": "kNN, in this
           "iforest": "IForest, in this run"}
 TRAIN_SHARE = 0.5          # of the normal rows, in file order (dte)
 KNN_K = 5
+LABEL = "label"            # TRAIN's label column, where the protocol labels its training rows
 ADBENCH_MIN_ROWS = 1000   # --adbench-resample: DTE's generator duplicates smaller sets up to this many rows
 ADBENCH_MAX_ROWS = 50_000  # ... and subsamples larger ones to this many
 REFUSED_AUC = 0.5          # a refused set counts as a random ranking in the second mean
@@ -81,7 +83,7 @@ Record = dict[str, Any]
 CSV_COLUMNS = [
     "protocol", "dataset", "seed", "n", "n_used", "d", "anomaly_rate", "n_train", "n_test", "n_test_anomalies",
     "vigil_auc", "vigil_ap", "vigil_fpr", "vigil_target_fpr", "vigil_threshold", "vigil_n_fit", "vigil_trimmed",
-    "vigil_wide", "vigil_epochs", "vigil_fit_s", "vigil_score_s", "vigil_s", "vigil_error",
+    "vigil_wide", "vigil_wide_k", "vigil_epochs", "vigil_fit_s", "vigil_score_s", "vigil_s", "vigil_error",
     "knn_auc", "knn_ap", "knn_s", "knn_error", "iforest_auc", "iforest_ap", "iforest_s", "iforest_error",
     "paper_dte_np", "paper_knn", "paper_iforest", "paper_mcd", "set_s",
 ]
@@ -158,19 +160,30 @@ def _frame(x: npt.NDArray[Any]) -> pd.DataFrame:
 
 
 def vigil_scores(x_train: npt.NDArray[Any], x_test: npt.NDArray[Any], seed: int,
-                 model_settings: dict[str, Any] | None = None) -> tuple[FloatArray, Record]:
+                 model_settings: dict[str, Any] | None = None,
+                 train_labels: npt.NDArray[Any] | None = None) -> tuple[FloatArray, Record]:
     """Fit as `vigil evaluate TRAIN TEST` with default settings does (the schema inferred, a default detector,
-    its training rows, the first-window trim) on raw features; score the test rows. `model_settings`: keys of
-    the detector's `model` section to set (validated as a config file's are). Raises TrainingFailedError
-    (`vigil evaluate`'s message) when Vigil refuses the training rows."""
+    its training rows) on raw features; score the test rows. `train_labels`: TRAIN's label column, where the
+    protocol labels its training rows (dte: all normal): evaluate then leaves the rows labelled 1 out and fits
+    a screened window; without them (dte-unsup: anomalies unlabelled) it fits a first window, with the
+    first-window trim and wide scale. `model_settings`: keys of the detector's `model` section to set
+    (validated as a config file's are). Raises TrainingFailedError (`vigil evaluate`'s message) when Vigil
+    refuses the training rows."""
     train, test = _frame(x_train), _frame(x_test)
     schema = infer_schema(train, test, exclude=set())
     det = default_detector(schema)
     values = det.model.model_dump() | {"seed": seed} | (model_settings or {})
     det = det.model_copy(update={"model": type(det.model).model_validate(values)})
-    rows = _training_rows(train, None, det, Path("TRAIN"), [])
+    label = None
+    if train_labels is not None:
+        label = LABEL
+        train[label] = np.asarray(train_labels, dtype=np.int64)
+    rows = _training_rows(train, label, det, Path("TRAIN"), [])
+    screened = label is not None
+    if screened:
+        rows = rows.drop(columns=[LABEL])
     started = time.perf_counter()
-    model = _fit(rows, schema, det)
+    model = _fit(rows, schema, det, screened)
     fit_s = time.perf_counter() - started
     started = time.perf_counter()
     result = model.score(test)
@@ -178,6 +191,7 @@ def vigil_scores(x_train: npt.NDArray[Any], x_test: npt.NDArray[Any], seed: int,
     flags = np.asarray(result.is_outlier, dtype=bool)
     info = {"vigil_n_fit": len(rows), "vigil_trimmed": int(model.report.get("trimmed_rows", 0)),
             "vigil_epochs": int(model.report["epochs_run"]), "vigil_wide": int(bool(model.report.get("wide", False))),
+            "vigil_wide_k": int(model.report["wide_scale"]["k"]) if model.report["wide_scale"]["used"] else 0,
             "vigil_threshold": float(model.threshold.value),
             "vigil_target_fpr": float(model.threshold.target_fpr), "vigil_fit_s": fit_s, "vigil_score_s": score_s,
             "_flags": flags}
@@ -234,7 +248,8 @@ def run_set(protocol: str, name: str, seed: int, methods: Sequence[str] = METHOD
                       "anomaly_rate": float(np.mean(y)), "n_train": len(train), "n_test": len(test),
                       "n_test_anomalies": int(truth.sum())}
     if "vigil" in methods:
-        record |= _measure("vigil", truth, lambda: vigil_scores(x[train], x[test], seed, model_settings))
+        labels = np.asarray(y)[train] if protocol == "dte" else None     # dte-unsup trains on unlabelled rows
+        record |= _measure("vigil", truth, lambda: vigil_scores(x[train], x[test], seed, model_settings, labels))
     if "knn" in methods or "iforest" in methods:
         x_fit, x_test = scaled(protocol, x, train, test)
         if "knn" in methods:
@@ -333,8 +348,12 @@ def _protocol_text(protocol: str, seeds: Sequence[int], resample: bool) -> list[
         "* Vigil: fitted as `vigil evaluate TRAIN TEST` fits with default settings (detector.offline.evaluate: "
         "the schema inferred from the columns, all numeric; a default DetectorConfig through "
         "`detector.trainer.settings_for`; at most `training.max_records` = 50,000 training rows, evenly spaced "
-        "over all of them; `fit_model` with the first-window trim `training.first_window_trim` = 0.02), on the "
-        "raw features (Vigil scales them itself); `model.seed` = the seed. Its FPR is the realised "
+        "over all of them), on the raw features (Vigil scales them itself); `model.seed` = the seed. "
+        + ("TRAIN carries the protocol's labels (all 0), so it is fitted as a window earlier models screened: "
+           "no first-window trim, no wide scale. " if protocol == "dte" else
+           "TRAIN has no labels, so it is fitted as a detector's first window: the first-window trim "
+           "(`training.first_window_trim` = 0.02) and the wide scale (`training.first_window_wide_share` = 0.2). ")
+        + "Its FPR is the realised "
         "false-positive rate of its own threshold (target 1 %) on the scored normal rows.",
         f"* kNN (pyod-style, as ADBench runs pyod's KNN): distance to the {KNN_K}th nearest training row, "
         f"{scaling}; IsolationForest (scikit-learn, defaults, random_state = seed) on the same features.",

@@ -323,7 +323,7 @@ def fit_and_score(overrides: Mapping[str, Mapping[str, Any]], run: Run, seed: in
     """Fit a Vigil model on the first `head` rows of `run` as the daemon fits a detector's first model, score
     every later row (a sequence model's first windows reach back into the fitted rows); flags and counts."""
     det = vigil_detector(overrides, list(SENSORS), seed)
-    model, train, threshold = settings_for(det)
+    model, train, threshold = settings_for(det, first=True)     # a first model: an unscreened window
     fit_part, score_part, truth = split(run, head)
     context = needs_context(det)          # as the trainer
     fit_frame = _with_context(fit_part, run) if context else fit_part[list(SENSORS)]

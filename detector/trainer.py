@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -51,11 +51,15 @@ class TrainingOutcome:
     diversity: DiversityReport | None = None
 
 
-def settings_for(det: DetectorConfig) -> tuple[ModelSettings, TrainSettings, ThresholdSettings]:
+def settings_for(det: DetectorConfig, first: bool = False) -> tuple[ModelSettings, TrainSettings, ThresholdSettings]:
     """The training library's model, training and threshold settings for a detector's config: each field
-    read from the config key of the same name, or of the name given here."""
+    read from the config key of the same name, or of the name given here. `first`: for a window no model
+    has screened (the detector's first): the wide scale's share is at least `training.first_window_wide_share`,
+    as incidents the window holds must not vouch for each other."""
     m = det.model.model_dump()
     model = settings_from(ModelSettings, m, weights="score_weights")
+    if first:
+        model = replace(model, wide_share=max(model.wide_share, det.training.first_window_wide_share))
     train = settings_from(TrainSettings, m, max_seconds="max_train_time")
     threshold = settings_from(ThresholdSettings, det.threshold.model_dump())
     return model, train, threshold
@@ -366,9 +370,10 @@ class Trainer:
             if on_epoch is not None:
                 on_epoch(stats)
 
-        model_settings, train_settings, threshold_settings = settings_for(det)
-        # Later windows exclude the records earlier models flagged; the first one was never screened.
+        # Later windows exclude the records earlier models flagged; the first one was never screened: it is
+        # trimmed, and judged at the wide scale as well (training.first_window_trim, first_window_wide_share).
         first = vigil.repo.active_model_id(name) is None
+        model_settings, train_settings, threshold_settings = settings_for(det, first=first)
         trim = det.training.first_window_trim if first else 0.0
         reviewed = vigil.repo.reviews.reviewed_fields(name)     # read once: the memory and the threshold use it
         try:

@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 COMPONENTS = ("reconstruction", "distance", "density")     # the parts of a hybrid score, in `weights` order
 WIDE = "wide"               # the hybrid score's wide-scale distance (ModelSettings.wide_share), beside COMPONENTS
 WIDE_SHARE = 0.0            # ModelSettings.wide_share's default: off (0.2 for windows that hold incidents: README)
+FIRST_WINDOW_WIDE_SHARE = 0.2   # the wide scale's share for a window no model screened (a detector's first)
 WIDE_ROWS = 2000            # remembered rows the wide-scale distance is measured among (evenly spaced)
 
 S = TypeVar("S", bound="DataclassInstance")

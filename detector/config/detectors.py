@@ -29,7 +29,7 @@ from training.choices import (
     Variant,
 )
 from training.schema import Feature, FeatureKind, Schema
-from training.settings import WIDE_SHARE
+from training.settings import FIRST_WINDOW_WIDE_SHARE, WIDE_SHARE
 
 __all__ = [
     "AlertingConfig",
@@ -133,6 +133,7 @@ class TrainingConfig(Section):
     max_records: int = Field(default=50_000, gt=0)
     min_records: int = Field(default=500, gt=0)
     first_window_trim: float = Field(default=0.02, ge=0.0, lt=0.5)
+    first_window_wide_share: float = Field(default=FIRST_WINDOW_WIDE_SHARE, ge=0.0, lt=0.5)
     readmit_flagged_share: float = Field(default=0.2, gt=0.0, le=1.0)
 
     @field_validator("cron")

@@ -237,11 +237,15 @@ def with_context(frame: pd.DataFrame, det: DetectorConfig, path: Path) -> pd.Dat
     return frame.assign(**{TS_COLUMN: ts, KEY_COLUMN: keys})
 
 
-def _fit(rows: pd.DataFrame, schema: Schema, det: DetectorConfig) -> FittedModel:
-    """Fit as the daemon fits a detector's first model (trimmed by training.first_window_trim)."""
-    model, train, threshold = settings_for(det)
+def _fit(rows: pd.DataFrame, schema: Schema, det: DetectorConfig, screened: bool = False) -> FittedModel:
+    """Fit as the daemon fits a detector's first model (an unscreened window: trimmed by
+    training.first_window_trim, judged at the wide scale of training.first_window_wide_share), or, when
+    `screened` (TRAIN's labels left its known anomalies out), as it fits a later window earlier models
+    screened: neither."""
+    model, train, threshold = settings_for(det, first=not screened)
+    trim = 0.0 if screened else det.training.first_window_trim
     try:
-        return fit_model(rows, schema, model, train, threshold, trim_fraction=det.training.first_window_trim)
+        return fit_model(rows, schema, model, train, threshold, trim_fraction=trim)
     except (TrainingError, ValueError, KeyError, RuntimeError) as exc:
         raise TrainingFailedError(f"training failed: {exc}") from exc
 
@@ -266,7 +270,11 @@ def evaluate_files(train_path: Path, test_path: Path, det: DetectorConfig | None
     if reads_time(settings):        # TEST's first records of each key get their windows from TRAIN's records
         rows, frame = with_context(rows, settings, train_path), with_context(test, settings, test_path)
         frame = pd.concat([rows, frame], ignore_index=True)
-    model = _fit(rows, schema, settings)
+    screened = label is not None and label in train.columns
+    notes.append("TRAIN has the label column: fitted as a window earlier models screened (no first-window trim "
+                 "or wide scale)" if screened else "TRAIN has no label column: fitted as a detector's first window "
+                 "(training.first_window_trim, training.first_window_wide_share)")
+    model = _fit(rows, schema, settings, screened)
     try:
         result = model.score(frame)
     except (ValueError, KeyError) as exc:

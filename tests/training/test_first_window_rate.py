@@ -7,7 +7,7 @@ that the refitted model (which never trained on them) does not find far out now 
 of those beyond the cut as many as half the target rate of the window.
 
 Four generators (a low-rank numeric one, mixed types with a 1 % level, heavy tails, a daily cycle), a first
-model on 3,000 rows with the daemon's first-window trim, 40,000 fresh rows. Seeds 0-4 of each gave
+model on 3,000 rows with the daemon's first-window trim and wide scale, 40,000 fresh rows. Seeds 0-4 of each gave
 0.69-1.47 % at a 1 % target (bench/results/first_window_rate.md); the test runs seed 1.
 """
 
@@ -22,7 +22,7 @@ import pytest
 from training.fit import fit_model
 from training.loop import TrainSettings
 from training.schema import Feature, Schema
-from training.settings import ModelSettings, ThresholdSettings
+from training.settings import FIRST_WINDOW_WIDE_SHARE, ModelSettings, ThresholdSettings
 
 Generator = Callable[[int, np.random.Generator], pd.DataFrame]
 
@@ -74,9 +74,11 @@ def test_a_trimmed_first_window_keeps_the_promised_rate(generate: Generator) -> 
     rng = np.random.default_rng(1)
     window, fresh = generate(3000, rng), generate(40_000, rng)
     schema = MIXED if generate is mixed else numeric(window)
-    fitted = fit_model(window, schema, ModelSettings(), TrainSettings(seed=1), ThresholdSettings(target_fpr=0.01),
+    first = ModelSettings(wide_share=FIRST_WINDOW_WIDE_SHARE)      # as the daemon fits a first window
+    fitted = fit_model(window, schema, first, TrainSettings(seed=1), ThresholdSettings(target_fpr=0.01),
                        trim_fraction=0.02)
     assert fitted.report["trimmed_rows"] > 0
+    assert fitted.report["wide_scale"]["used"]
     if generate in (mixed, latencies):
         assert fitted.report["readmitted_rows"] > 0          # the rare level's and the tail's rows, not incidents
     rate = float(np.mean(fitted.score(fresh).is_outlier))
