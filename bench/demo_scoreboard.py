@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{_cpu_model()}, {os.cpu_count()} CPUs, {platform.python_version()}; first model fitted in "
         f"{seconds:.0f} s.\n\n"
         "The shipped config.toml's demo detector fits its first model on one simulated week of 4 hosts (its "
-        "first-window trim included), then scores that week (what `make run` shows first) and the next.\n\n"
+        "first-window trim and wide scale included), then scores that week (what `make run` shows first) and "
+        "the next.\n\n"
         + table + "\n", encoding="utf-8")
     print(f"wrote {out.relative_to(REPO)}")
     return 0

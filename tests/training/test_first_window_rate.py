@@ -8,7 +8,8 @@ of those beyond the cut as many as half the target rate of the window.
 
 Four generators (a low-rank numeric one, mixed types with a 1 % level, heavy tails, a daily cycle), a first
 model on 3,000 rows with the daemon's first-window trim and wide scale, 40,000 fresh rows. Seeds 0-4 of each gave
-0.69-1.47 % at a 1 % target (bench/results/first_window_rate.md); the test runs seed 1.
+0.70-1.54 % at a 1 % target, 19 of 20 within 0.5-1.5 % (bench/results/first_window_rate.md, 22984a7; with the
+trim alone 0.69-1.47 %); the test runs seed 1.
 """
 
 from __future__ import annotations
