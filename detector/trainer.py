@@ -32,7 +32,7 @@ from training.preprocess import Preprocessor
 from training.settings import ModelSettings, ThresholdSettings, settings_from
 from training.thresholds import tune_with_reviews
 
-__all__ = ["Trainer", "TrainingAborted", "TrainingOutcome", "settings_for"]
+__all__ = ["Trainer", "TrainingAborted", "TrainingOutcome", "settings_for", "trim_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,12 @@ def settings_for(det: DetectorConfig, first: bool = False) -> tuple[ModelSetting
     train = settings_from(TrainSettings, m, max_seconds="max_train_time")
     threshold = settings_from(ThresholdSettings, det.threshold.model_dump())
     return model, train, threshold
+
+
+def trim_for(det: DetectorConfig, first: bool) -> float:
+    """The share of a window its screening fit may trim: `training.first_window_trim` for a window no model
+    has screened (the detector's first; `settings_for(det, first=True)` widens its scale too), else 0."""
+    return det.training.first_window_trim if first else 0.0
 
 
 def diversity_report(repo: Repository, name: str, det: DetectorConfig, records: list[PendingRecord],
@@ -374,7 +380,7 @@ class Trainer:
         # trimmed, and judged at the wide scale as well (training.first_window_trim, first_window_wide_share).
         first = vigil.repo.active_model_id(name) is None
         model_settings, train_settings, threshold_settings = settings_for(det, first=first)
-        trim = det.training.first_window_trim if first else 0.0
+        trim = trim_for(det, first)
         reviewed = vigil.repo.reviews.reviewed_fields(name)     # read once: the memory and the threshold use it
         try:
             if needs_context(det):

@@ -12,7 +12,7 @@ import pandas as pd
 
 from detector.config import DetectorConfig, FeatureConfig, HttpSourceConfig
 from detector.errors import TrainingFailedError, VigilError
-from detector.trainer import settings_for
+from detector.trainer import settings_for, trim_for
 from training.errors import TrainingError
 from training.fit import fit_model
 from training.fitted import FittedModel
@@ -243,9 +243,8 @@ def _fit(rows: pd.DataFrame, schema: Schema, det: DetectorConfig, screened: bool
     `screened` (TRAIN's labels left its known anomalies out), as it fits a later window earlier models
     screened: neither."""
     model, train, threshold = settings_for(det, first=not screened)
-    trim = 0.0 if screened else det.training.first_window_trim
     try:
-        return fit_model(rows, schema, model, train, threshold, trim_fraction=trim)
+        return fit_model(rows, schema, model, train, threshold, trim_fraction=trim_for(det, not screened))
     except (TrainingError, ValueError, KeyError, RuntimeError) as exc:
         raise TrainingFailedError(f"training failed: {exc}") from exc
 
